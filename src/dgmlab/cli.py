@@ -1,0 +1,189 @@
+"""The ``dgmlab`` command line: thin, it parses arguments and calls the library.
+
+Subcommands::
+
+    dgmlab train --config configs/vae_mc.toml [--out runs/x] [--epochs N] [--lr X] [--set table.key=value]
+    dgmlab train --resume runs/x [--epochs N]      # continue a run from its last checkpoint
+    dgmlab eval runs/x [--iw-samples 5000]         # test-set metrics of a trained run
+    dgmlab sample runs/x [--n 64]                  # a grid of samples from a trained run
+    dgmlab pset1 [--quick] [--out DIR]             # problem set 1, end to end, with a report
+
+Every error a user can cause (a missing file, an unknown model name, a negative learning rate...) ends the
+program with one line that says what is wrong and the valid choices, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dgmlab import __version__
+
+
+class CLIError(Exception):
+    """An error to report on one line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dgmlab`` (also used to generate the CLI reference of the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="dgmlab",
+        description="Deep generative models of MIT 6.S978: train, evaluate, sample, and reproduce problem set 1.",
+    )
+    parser.add_argument("--version", action="version", version=f"dgmlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a model from a TOML config file, or resume a run",
+                           description="Train a model from a TOML config file (see configs/), or resume a run.")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="TOML file with [model], [data], [objective], [train]")
+    source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its checkpoint")
+    train.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    train.add_argument("--epochs", type=_positive_int, help="number of epochs (on resume: the new total)")
+    train.add_argument("--lr", type=_positive_float, help="Adam learning rate")
+    train.add_argument("--batch-size", type=_positive_int, help="examples per batch")
+    train.add_argument("--seed", type=_nonnegative_int, help="random seed")
+    train.add_argument("--device", choices=DEVICE_CHOICES, help="where to train (default auto: cuda, mps, cpu)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                       help="override any config value, e.g. --set objective.coeff=1e-3 (repeatable)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained run on the test split",
+                              description="Evaluate a trained run on the test split and write eval.json.")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--iw-samples", type=_nonnegative_int, default=0,
+                          help="importance samples k for the L_k NLL bound of a VAE (0: skip; 5000: the paper's)")
+    evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+
+    sample = sub.add_parser("sample", help="draw samples from a trained run",
+                            description="Draw samples from a trained run and save them as a PNG grid.")
+    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    sample.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--seed", type=_nonnegative_int, default=0)
+    sample.add_argument("--out", type=Path, help="PNG file (default RUN_DIR/samples.png)")
+
+    pset1 = sub.add_parser("pset1", help="reproduce problem set 1 end to end and write report.html",
+                           description="Run every experiment of problem set 1 and write a report.")
+    pset1.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (under a minute)")
+    pset1.add_argument("--out", type=Path, default=Path("runs/pset1"), help="run directory (default runs/pset1)")
+    pset1.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    pset1.add_argument("--seed", type=_nonnegative_int, default=0)
+    pset1.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from dgmlab.experiments.runs import resume_run, train_run
+
+    overrides = list(args.overrides)
+    for flag, key in (("epochs", "train.epochs"), ("lr", "train.lr"), ("batch_size", "data.batch_size"),
+                      ("seed", "train.seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value!r}")
+    if args.device is not None:
+        overrides.append(f'train.device="{args.device}"')
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    if args.resume is not None:
+        if args.out is not None or args.overrides or args.lr or args.batch_size or args.seed is not None:
+            raise CLIError("--resume continues a run with its own config; only --epochs, --device and "
+                           "--no-progress may be given with it")
+        run_dir = resume_run(args.resume, epochs=args.epochs, device=args.device, progress=not args.no_progress)
+    else:
+        run_dir = train_run(args.config, out=args.out, overrides=overrides)
+    print(f"run written to {run_dir}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from dgmlab.experiments.runs import evaluate_run
+
+    results = evaluate_run(args.run_dir, iw_samples=args.iw_samples, device=args.device)
+    print(json.dumps(results, indent=2))
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from dgmlab.experiments.runs import sample_run
+
+    path = sample_run(args.run_dir, n=args.n, seed=args.seed, out=args.out)
+    print(f"samples written to {path}")
+
+
+def _pset1(args: argparse.Namespace) -> None:
+    from dgmlab.experiments.pset1 import run_pset1
+
+    report = run_pset1(out=args.out, quick=args.quick, device=args.device, seed=args.seed,
+                       progress=not args.no_progress)
+    print(f"report written to {report}")
+
+
+COMMANDS: dict[str, Any] = {"train": _train, "eval": _eval, "sample": _sample, "pset1": _pset1}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from dgmlab.checkpoint import CheckpointError
+    from dgmlab.config import ConfigError
+    from dgmlab.data import DgmlabDataError
+    from dgmlab.models import ModelConfigError
+    from dgmlab.train import TrainingError
+
+    return (CLIError, ConfigError, ModelConfigError, DgmlabDataError, CheckpointError, TrainingError,
+            FileNotFoundError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dgmlab`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except _user_errors() as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"dgmlab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dgmlab {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

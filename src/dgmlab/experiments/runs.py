@@ -1,0 +1,195 @@
+"""Runs driven by a configuration: train (or resume), evaluate, sample, and the standard figures.
+
+These functions are what ``dgmlab train``, ``dgmlab eval`` and ``dgmlab sample`` call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgmlab import plots
+from dgmlab.checkpoint import atomic_write_text, load_weights
+from dgmlab.config import (
+    ConfigError,
+    DataBundle,
+    apply_overrides,
+    build_data,
+    build_model_from_config,
+    build_objective,
+    build_settings,
+    load_config,
+)
+from dgmlab.models import AE, VAE, count_parameters
+from dgmlab.objectives import importance_weighted_bound, negative_elbo
+from dgmlab.train import History, evaluate, fit, resolve_device
+
+
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def prepare(config: Mapping[str, Any]) -> tuple[nn.Module, Any, DataBundle]:
+    """Build model, objective and data of a configuration, seeding the model's initialisation."""
+    settings = build_settings(config)
+    data = build_data(config, seed=settings.seed)
+    torch.manual_seed(settings.seed)
+    model = build_model_from_config(config, input_dim=data.input_dim)
+    objective = build_objective(config)
+    return model, objective, data
+
+
+def train_run(config_path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None) -> Path:
+    """Train the model of a TOML config into a run directory and write its figures; returns the directory."""
+    config = apply_overrides(load_config(config_path), overrides or [])
+    config.setdefault("name", Path(config_path).stem)
+    run_dir = Path(out) if out is not None else Path("runs") / str(config["name"])
+    model, objective, data = prepare(config)
+    settings = build_settings(config)
+    fit(model, objective, data.train, data.test, settings, run_dir=run_dir, config=config,
+        description=str(config["name"]))
+    write_figures(model, data, run_dir)
+    return run_dir
+
+
+def resume_run(run_dir: str | Path, epochs: int | None = None, device: str | None = None,
+               progress: bool = True) -> Path:
+    """Continue a run from its last checkpoint, up to ``epochs`` in total (default: its configured epochs)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json); pass the --out folder of a run")
+    config = load_config(config_path)
+    train_table = config.setdefault("train", {})
+    if epochs is not None:
+        train_table["epochs"] = epochs
+    if device is not None:
+        train_table["device"] = device
+    train_table["progress"] = progress
+    model, objective, data = prepare(config)
+    settings = build_settings(config)
+    fit(model, objective, data.train, data.test, settings, run_dir=run_dir, config=config, resume=True,
+        description=str(config.get("name", run_dir.name)))
+    write_figures(model, data, run_dir)
+    return run_dir
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a run directory (weights from its checkpoint) and its configuration."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json); pass the --out folder of a run")
+    config = load_config(run_dir / "config.json")
+    input_dim = config.get("model", {}).get("input_dim")
+    if input_dim is None:
+        input_dim = 3 if config.get("data", {}).get("name") == "torus" else 784
+    model = build_model_from_config(config, input_dim=input_dim)
+    load_weights(run_dir / "checkpoint", model)
+    model.to(resolve_device(device)).eval()
+    return model, config
+
+
+def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Test-split metrics of a trained run; with a VAE also the negative ELBO and, if ``iw_samples`` > 0,
+    the importance-weighted NLL bound ``-L_k`` in nats. Writes ``eval.json`` into the run directory."""
+    run_dir = Path(run_dir)
+    model, config = load_run(run_dir, device=device)
+    settings = build_settings(config)
+    data = build_data({**config, "data": {**config.get("data", {}), "test": True}}, seed=settings.seed)
+    objective = build_objective(config)
+    dev = next(model.parameters()).device
+    results: dict[str, Any] = {"objective": config.get("objective", {}).get("name"),
+                               "test": evaluate(model, objective, data.test, dev, seed=settings.seed),
+                               "parameters": count_parameters(model)}
+    if isinstance(model, VAE):
+        results["test_neg_elbo_nats"] = evaluate(
+            model, lambda m, b: negative_elbo(m, b[0]), data.test, dev, seed=settings.seed)["loss"]
+        if iw_samples > 0:
+            total, count = 0.0, 0
+            with torch.random.fork_rng():
+                torch.manual_seed(settings.seed)
+                for (x,) in data.test:
+                    bound = importance_weighted_bound(model, x.to(dev), num_samples=iw_samples, chunk_size=500)
+                    total += float(-bound.double().sum())
+                    count += len(x)
+            results[f"test_nll_iw{iw_samples}_nats"] = total / count
+        results["likelihood"] = model.likelihood
+    atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def sample_run(run_dir: str | Path, n: int = 64, seed: int = 0, out: str | Path | None = None) -> Path:
+    """Save a grid of ``n`` samples of a trained run's model as a PNG; returns its path."""
+    run_dir = Path(run_dir)
+    model, config = load_run(run_dir)
+    if not hasattr(model, "sample"):
+        raise ConfigError(f"model {config['model']['name']!r} cannot sample (it has no prior); "
+                          f"train a VAE to draw samples")
+    generator = torch.Generator().manual_seed(seed)
+    images = model.sample(n, generator=generator).cpu()
+    side = int(round(images.shape[-1] ** 0.5))
+    nrow = int(round(n**0.5)) or 1
+    fig = plots.image_grid(images.reshape(n, side, side), nrow=nrow,
+                           title=f"{n} samples from the prior, {config.get('name', run_dir.name)}")
+    return plots.save_figure(fig, Path(out) if out is not None else run_dir / "samples.png")
+
+
+@torch.no_grad()
+def write_figures(model: nn.Module, data: DataBundle, run_dir: str | Path) -> list[Path]:
+    """The standard figures of a trained image model: loss curves, reconstructions, latent codes, and for a
+    VAE samples from the prior; the 2-D latent manifold when the code is 2-D. Returns the PNG paths."""
+    run_dir = Path(run_dir)
+    written = []
+    history = _read_history(run_dir)
+    if history:
+        written.append(plots.save_figure(plots.loss_curves(history, title=f"Loss per epoch, {run_dir.name}"),
+                                         run_dir / "loss_curves.png"))
+    if data.kind != "images" or data.test_x is None or not isinstance(model, (AE, VAE)):
+        return written
+    model.eval()
+    device = next(model.parameters()).device
+    x = data.test_x[:10].to(device)
+    if isinstance(model, VAE):
+        mean, _ = model.encode(x)
+        recon = model.decode_mean(mean)
+    else:
+        recon = model(x).reconstruction
+    side = int(round(x.shape[-1] ** 0.5))
+    labels = data.test_labels[:10].tolist() if data.test_labels is not None else None
+    written.append(plots.save_figure(
+        plots.reconstructions(x.cpu().reshape(-1, side, side), recon.cpu().reshape(-1, side, side), labels=labels,
+                              title="Test digits and their reconstructions (posterior mean)"),
+        run_dir / "reconstructions.png"))
+    codes = []
+    for start in range(0, min(len(data.test_x), 5000), 1000):
+        batch = data.test_x[start:start + 1000].to(device)
+        codes.append((model.encode(batch)[0] if isinstance(model, VAE) else model.encode(batch)).cpu())
+    code = torch.cat(codes)
+    labels_all = data.test_labels[: len(code)] if data.test_labels is not None else torch.zeros(len(code))
+    written.append(plots.save_figure(plots.latent_scatter(code, labels_all, title="Test-set codes by digit"),
+                                     run_dir / "latent_scatter.png"))
+    code_dim = model.latent_dim if isinstance(model, VAE) else model.code_dim
+    if code_dim == 2:
+        grid_values, points = plots.latent_grid_points(n=8)
+        decoded = (model.decode_mean(points.to(device)) if isinstance(model, VAE) else model.decode(points.to(device)))
+        written.append(plots.save_figure(
+            plots.latent_manifold(decoded.cpu().reshape(8, 8, side, side), grid_values,
+                                  title="Decoded 2-D latent grid over [-2, 2]^2"),
+            run_dir / "latent_manifold.png"))
+    if isinstance(model, VAE):
+        generator = torch.Generator().manual_seed(0)
+        samples = model.sample(64, generator=generator).cpu().reshape(64, side, side)
+        written.append(plots.save_figure(plots.image_grid(samples, nrow=8, title="64 samples from the prior"),
+                                         run_dir / "samples.png"))
+    return written
+
+
+def history_of(run_dir: str | Path) -> History:
+    """The :class:`History` recorded in a run directory's ``metrics.jsonl``."""
+    return History(records=_read_history(Path(run_dir)))

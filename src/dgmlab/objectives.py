@@ -1,0 +1,274 @@
+r"""Objectives: log-densities, KL terms, the ELBO and the importance-weighted bound.
+
+Every function here returns **per-example values in nats**: summed over data dimensions and latent
+dimensions, never averaged over them. The trainer averages over the batch. Signs follow the names:
+``kl >= 0``, ``elbo <= log p(x)``, and a ``*_nll`` is a negative log-likelihood.
+
+The latent-variable model
+--------------------------
+A VAE models :math:`p_\theta(x, z) = p_\theta(x \mid z)\, p(z)` with :math:`p(z) = \mathcal N(0, I)` and
+approximates the posterior by :math:`q_\phi(z \mid x) = \mathcal N(\mu_\phi(x), \operatorname{diag}
+\sigma^2_\phi(x))`. For any :math:`q`, Jensen's inequality gives the evidence lower bound
+
+.. math::
+
+    \log p_\theta(x) = \log \mathbb E_{q}\Big[\frac{p_\theta(x, z)}{q_\phi(z\mid x)}\Big]
+    \ \ge\ \mathbb E_{q}\big[\log p_\theta(x \mid z)\big] - D_{KL}\big(q_\phi(z\mid x)\,\|\,p(z)\big)
+    = \mathcal L_{\mathrm{ELBO}}(x).
+
+The gap is :math:`D_{KL}(q_\phi(z\mid x)\,\|\,p_\theta(z\mid x)) \ge 0`.
+
+The KL term has two estimators, which the problem set compares:
+
+* Monte Carlo (SGVB, Kingma & Welling's estimator A):
+  :math:`\widehat{D}_{KL} = \log q_\phi(z\mid x) - \log p(z)` with :math:`z \sim q_\phi(z\mid x)`;
+  unbiased, with variance falling like :math:`1/n` in the number of samples :math:`n`.
+* Analytic (estimator B), for two Gaussians:
+  :math:`D_{KL} = \tfrac12 \sum_j \big(\mu_j^2 + \sigma_j^2 - 1 - \log \sigma_j^2\big)`.
+
+Averaging :math:`k` importance weights :math:`w_i = p_\theta(x, z_i) / q_\phi(z_i\mid x)` inside the
+logarithm gives the tighter importance-weighted bound of Burda et al. (2015),
+
+.. math::
+
+    \mathcal L_k(x) = \mathbb E\Big[\log \frac1k \sum_{i=1}^k w_i\Big],\qquad
+    \mathcal L_{\mathrm{ELBO}} = \mathcal L_1 \le \mathcal L_k \le \mathcal L_{k+1} \le \log p_\theta(x),
+
+and :math:`-\mathcal L_{5000}` is the usual estimate of the negative log-likelihood on MNIST.
+
+The problem set's own objective
+-------------------------------
+The problem set minimises :math:`\mathrm{MSE}(\hat x, x) + c\,D_{KL}`, where the MSE is averaged over the
+:math:`D` pixels. A Gaussian decoder :math:`p(x\mid z) = \mathcal N(\hat x, \sigma^2 I)` has
+:math:`-\log p(x \mid z) = \frac{1}{2\sigma^2}\lVert x-\hat x\rVert^2 + \frac D2 \log 2\pi\sigma^2`, so
+:math:`\frac{2\sigma^2}{D}\,(-\mathrm{ELBO}) = \mathrm{MSE} + \frac{2\sigma^2}{D} D_{KL} + \text{const}`:
+the problem set's loss is the negative ELBO of a Gaussian decoder with fixed variance
+:math:`\sigma^2 = cD/2`, rescaled by :math:`2\sigma^2/D`. For MNIST (:math:`D = 784`) and
+:math:`c = 10^{-4}` that is :math:`\sigma^2 \approx 0.039`. :func:`pset_mse_kl` keeps that objective under
+its own name; :func:`negative_elbo` is the proper per-example bound in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+KLEstimator = Literal["analytic", "monte_carlo"]
+KL_ESTIMATORS: tuple[str, ...] = ("analytic", "monte_carlo")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Densities and divergences
+# ----------------------------------------------------------------------------------------------------------
+def log_normal_pdf(sample: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    r"""Log-density of a diagonal Gaussian, summed over the last dimension.
+
+    .. math::
+        \log \mathcal N(s; \mu, \operatorname{diag} e^{\ell})
+        = -\tfrac12 \sum_j \big[\log 2\pi + \ell_j + (s_j - \mu_j)^2 e^{-\ell_j}\big]
+
+    Shapes: ``sample``, ``mean``, ``logvar`` broadcast to ``[..., d]``; returns ``[...]`` in nats.
+    """
+    # -1/2 [log 2pi + l + (s - mu)^2 e^{-l}], summed over j
+    return -0.5 * (LOG_2PI + logvar + (sample - mean) ** 2 * torch.exp(-logvar)).sum(dim=-1)
+
+
+def log_standard_normal(z: Tensor) -> Tensor:
+    r"""Log-density of the prior :math:`p(z) = \mathcal N(0, I)`: :math:`-\tfrac12\sum_j (\log 2\pi + z_j^2)`.
+
+    Shapes: ``z`` is ``[..., d]``; returns ``[...]`` in nats.
+    """
+    return -0.5 * (LOG_2PI + z**2).sum(dim=-1)
+
+
+def kl_analytic(mean: Tensor, logvar: Tensor) -> Tensor:
+    r"""Closed-form :math:`D_{KL}(\mathcal N(\mu, \operatorname{diag}\sigma^2)\,\|\,\mathcal N(0, I))`.
+
+    .. math:: D_{KL} = \tfrac12 \sum_j \big(\mu_j^2 + \sigma_j^2 - 1 - \log\sigma_j^2\big) \ \ge 0
+
+    Shapes: ``mean``, ``logvar`` are ``[..., d]``; returns ``[...]`` in nats.
+    """
+    # 1/2 sum_j (mu^2 + sigma^2 - 1 - log sigma^2)
+    return 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar).sum(dim=-1)
+
+
+def kl_monte_carlo(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    r"""Single-sample (SGVB) KL estimate :math:`\log q(z\mid x) - \log p(z)` at given samples ``z``.
+
+    Unbiased for :math:`D_{KL}(q\,\|\,p)` when :math:`z \sim q`; average over samples to reduce its variance.
+    Shapes: ``z`` is ``[..., d]`` (for example ``[S, B, d]``), ``mean`` and ``logvar`` broadcast to it;
+    returns ``[...]`` in nats (one estimate per sample; can be negative).
+    """
+    # log q(z|x) - log p(z)
+    return log_normal_pdf(z, mean, logvar) - log_standard_normal(z)
+
+
+def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
+    r"""Bernoulli log-likelihood from logits, summed over the last dimension.
+
+    .. math:: \log p(x\mid z) = \sum_d \big[x_d \log \pi_d + (1 - x_d)\log(1 - \pi_d)\big],
+        \quad \pi_d = \operatorname{sigmoid}(\text{logit}_d)
+
+    Computed stably as minus the binary cross-entropy with logits. ``x`` may hold grey levels in
+    ``[0, 1]`` (then it is a cross-entropy, not a likelihood). Shapes broadcast to ``[..., D]``; returns
+    ``[...]`` in nats.
+    """
+    x = x.expand_as(logits) if x.dim() < logits.dim() else x
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=-1)
+
+
+def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor | float) -> Tensor:
+    r"""Gaussian decoder log-likelihood :math:`\log\mathcal N(x; \hat x, \sigma^2 I)` summed over ``D``.
+
+    ``logvar`` is :math:`\log\sigma^2`, a float (fixed variance) or a tensor broadcasting to ``mean``
+    (learned variance). Returns ``[...]`` in nats.
+    """
+    logvar_t = torch.as_tensor(logvar, dtype=mean.dtype, device=mean.device)
+    return log_normal_pdf(x, mean, logvar_t.expand_as(mean))
+
+
+def log_mean_exp(values: Tensor, dim: int) -> Tensor:
+    r""":math:`\log \frac1k \sum_i e^{v_i}` along ``dim``, computed stably with ``logsumexp``."""
+    return torch.logsumexp(values, dim=dim) - math.log(values.shape[dim])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Objectives on models
+# ----------------------------------------------------------------------------------------------------------
+class LatentVariableModel(Protocol):
+    """What the bounds below need from a model (``dgmlab.models.VAE`` provides it)."""
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def reparameterize(self, mean: Tensor, logvar: Tensor, n_samples: int | None = None) -> Tensor: ...
+
+    def decode(self, z: Tensor) -> Tensor: ...
+
+    def log_likelihood(self, x: Tensor, decoded: Tensor) -> Tensor: ...
+
+    def decode_mean(self, z: Tensor) -> Tensor: ...
+
+
+@dataclass
+class LossTerms:
+    """Per-example loss terms of one batch.
+
+    ``loss`` (shape ``[B]``) is what the trainer minimises after averaging over the batch. ``terms`` holds
+    every named quantity to log (each ``[B]``), and ``units`` says what each is measured in.
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+
+
+Objective = Callable[[torch.nn.Module, tuple[Tensor, ...]], LossTerms]
+
+
+def _kl_term(estimator: str, z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    if estimator == "analytic":
+        return kl_analytic(mean, logvar)
+    if estimator == "monte_carlo":
+        kl = kl_monte_carlo(z, mean, logvar)
+        return kl.mean(dim=0) if z.dim() == mean.dim() + 1 else kl
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
+
+
+def negative_elbo(model: LatentVariableModel, x: Tensor, kl: str = "analytic", n_samples: int = 1) -> LossTerms:
+    r"""Per-example negative ELBO in nats, with its reconstruction and KL terms.
+
+    .. math::
+        -\mathcal L_{\mathrm{ELBO}}(x)
+        = \underbrace{-\frac1S\sum_{s=1}^S \log p_\theta(x\mid z_s)}_{\texttt{recon\_nll}}
+        + \underbrace{D_{KL}(q_\phi(z\mid x)\,\|\,p(z))}_{\texttt{kl}},\qquad z_s = \mu + \sigma\odot\epsilon_s
+
+    The KL is analytic or the Monte-Carlo average over the same ``S`` samples (``kl="monte_carlo"``).
+    Note that the log-likelihoods are averaged over samples, not the decoded images.
+    Shapes: ``x`` is ``[B, D]``; every returned term is ``[B]``.
+    """
+    mean, logvar = model.encode(x)
+    z = model.reparameterize(mean, logvar, n_samples=n_samples)  # [S, B, d]
+    # -1/S sum_s log p(x | z_s)
+    recon_nll = -model.log_likelihood(x, model.decode(z)).mean(dim=0)
+    kl_term = _kl_term(kl, z, mean, logvar)
+    loss = recon_nll + kl_term
+    return LossTerms(
+        loss=loss,
+        terms={"neg_elbo": loss, "recon_nll": recon_nll, "kl": kl_term},
+        units={"loss": "nats", "neg_elbo": "nats", "recon_nll": "nats", "kl": "nats"},
+    )
+
+
+def pset_mse_kl(model: LatentVariableModel, x: Tensor, coeff: float = 1e-4, kl: str = "analytic") -> LossTerms:
+    r"""The problem set's objective, per example: pixel-averaged MSE plus ``coeff`` times the KL.
+
+    .. math:: \ell(x) = \frac1D\sum_{d=1}^D (\hat x_d - x_d)^2 + c\, D_{KL}(q_\phi(z\mid x)\,\|\,p(z))
+
+    with one reparameterised sample :math:`z` and :math:`\hat x` the decoder mean. Its batch mean equals
+    the problem set's ``MSELoss()(x_hat, x) + c * KL.mean()``. Up to the factor :math:`2\sigma^2/D` and a
+    constant it is the negative ELBO of a Gaussian decoder with **fixed variance** :math:`\sigma^2 = cD/2`
+    (0.039 for MNIST with :math:`c = 10^{-4}`; see the module docstring). It is not in nats: compare its
+    values only between runs with the same ``D`` and ``c``.
+    """
+    if coeff < 0:
+        raise ValueError(f"coeff must be >= 0, got {coeff}")
+    mean, logvar = model.encode(x)
+    z = model.reparameterize(mean, logvar)
+    x_hat = model.decode_mean(z)
+    # (1/D) sum_d (x_hat_d - x_d)^2
+    mse = ((x_hat - x) ** 2).mean(dim=-1)
+    kl_term = _kl_term(kl, z, mean, logvar)
+    loss = mse + coeff * kl_term
+    return LossTerms(
+        loss=loss,
+        terms={"mse": mse, "kl": kl_term},
+        units={"loss": f"MSE + {coeff:g}*KL (problem-set units)", "mse": "squared error per dimension",
+               "kl": "nats"},
+    )
+
+
+def reconstruction_mse(model: torch.nn.Module, x: Tensor) -> LossTerms:
+    r"""The autoencoder objective, per example: :math:`\frac1D\sum_d (\hat x_d - x_d)^2`, with
+    :math:`\hat x = \mathrm{dec}(\mathrm{enc}(x))`. Its batch mean equals ``MSELoss()`` of the problem set."""
+    x_hat = model(x).reconstruction
+    mse = ((x_hat - x) ** 2).mean(dim=-1)
+    return LossTerms(loss=mse, terms={"mse": mse}, units={"loss": "squared error per dimension",
+                                                            "mse": "squared error per dimension"})
+
+
+@torch.no_grad()
+def importance_weighted_bound(
+    model: LatentVariableModel, x: Tensor, num_samples: int = 5000, chunk_size: int = 500
+) -> Tensor:
+    r"""The importance-weighted bound :math:`\mathcal L_k(x)` in nats, per example (Burda et al., 2015).
+
+    .. math::
+        \mathcal L_k(x) = \log \frac1k \sum_{i=1}^{k} \exp\big(\log p_\theta(x\mid z_i) + \log p(z_i)
+        - \log q_\phi(z_i\mid x)\big), \qquad z_i \sim q_\phi(z\mid x)
+
+    The ``k = num_samples`` log-weights are computed ``chunk_size`` at a time and combined with a running
+    ``logsumexp``, so memory is ``O(chunk_size * B * D)`` whatever ``k`` is. ``-L_k`` is the NLL estimate;
+    it decreases towards :math:`-\log p(x)` as ``k`` grows. Shapes: ``x`` ``[B, D]`` -> ``[B]``.
+    """
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(f"num_samples and chunk_size must be >= 1, got {num_samples} and {chunk_size}")
+    mean, logvar = model.encode(x)
+    running = torch.full(mean.shape[:-1], -math.inf, dtype=mean.dtype, device=mean.device)
+    remaining = num_samples
+    while remaining > 0:
+        s = min(chunk_size, remaining)
+        z = model.reparameterize(mean, logvar, n_samples=s)  # [s, B, d]
+        # log w = log p(x|z) + log p(z) - log q(z|x)
+        log_w = model.log_likelihood(x, model.decode(z)) + log_standard_normal(z) - log_normal_pdf(z, mean, logvar)
+        running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+        remaining -= s
+    # log (1/k) sum_i w_i
+    return running - math.log(num_samples)

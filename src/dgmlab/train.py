@@ -1,0 +1,278 @@
+"""The one training loop of dgmlab.
+
+``fit(model, objective, train_batches, ...)`` runs Adam over epochs (or up to a number of steps), shows a
+tqdm bar with the **true running mean** of every named loss term (each per-example value weighted once,
+so a short last batch counts for what it holds), evaluates on the test batches after each epoch, and, when
+given a run directory, writes
+
+* ``config.json``: what the caller passes as ``config`` (everything needed to rerun),
+* ``metrics.jsonl``: one JSON line per epoch with every term on train and test, their units, the
+  learning rate, the step and the seconds spent,
+* ``checkpoint/state.safetensors``: weights, optimizer, epoch, step and RNG state (see
+  :mod:`dgmlab.checkpoint`), written atomically after every epoch.
+
+``fit(..., resume=True)`` continues such a run from its last checkpoint. With a seed, on the CPU, training
+2 epochs equals training 1 epoch, resuming, and training 1 more, parameter for parameter: the data order
+and any per-epoch randomness (dynamic binarisation) derive from ``(seed, epoch)``, the global RNG state is
+restored from the checkpoint, and evaluation runs under a forked RNG so it never perturbs training.
+
+A loss term that becomes NaN or infinite stops the run with :class:`NonFiniteLossError`, naming the term,
+the epoch and the step; the checkpoint of the last finished epoch is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dgmlab.checkpoint import STATE_FILE, atomic_write_text, load_checkpoint, save_checkpoint
+from dgmlab.objectives import LossTerms, Objective
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+    """A loss term became NaN or infinite."""
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings. ``epochs`` passes over the data, optionally cut at ``max_steps`` updates."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0  # multiplies the learning rate after every epoch (1.0: constant)
+    max_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message for settings that cannot work."""
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr (learning rate) must be a positive number, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
+
+
+@dataclass
+class History:
+    """Per-epoch records, as written to ``metrics.jsonl``."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def last(self, split: str = "train", term: str = "loss") -> float:
+        """The last epoch's mean of ``term`` on ``split``."""
+        return float(self.records[-1][split][term])
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; any other name is taken as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError("device 'mps' was asked for but Apple MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _to_device(batch: Any, device: torch.device) -> tuple[Tensor, ...]:
+    if isinstance(batch, Tensor):
+        batch = (batch,)
+    return tuple(t.to(device, non_blocking=True) if isinstance(t, Tensor) else t for t in batch)
+
+
+class RunningMeans:
+    """Example-weighted running means of per-example terms: the true mean over everything seen so far."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def update(self, terms: Mapping[str, Tensor]) -> None:
+        n = None
+        for name, values in terms.items():
+            values = values.detach()
+            n = values.numel() if n is None else n
+            self.sums[name] = self.sums.get(name, 0.0) + float(values.double().sum())
+        self.count += n or 0
+
+    def means(self) -> dict[str, float]:
+        return {name: total / max(self.count, 1) for name, total in self.sums.items()}
+
+
+def _named_terms(out: LossTerms) -> dict[str, Tensor]:
+    return {"loss": out.loss, **{k: v for k, v in out.terms.items() if k != "loss"}}
+
+
+def _check_finite(terms: Mapping[str, Tensor], epoch: int, step: int, run_dir: Path | None) -> None:
+    for name, values in terms.items():
+        if not bool(torch.isfinite(values).all()):
+            kind = "NaN" if bool(torch.isnan(values).any()) else "infinite"
+            where = (f"; the last good checkpoint in {run_dir / 'checkpoint'} is intact" if run_dir and
+                     (run_dir / "checkpoint" / STATE_FILE).exists() else "")
+            raise NonFiniteLossError(
+                f"loss term '{name}' became {kind} at step {step} (epoch {epoch}){where}. "
+                f"Lower the learning rate or check the data for invalid values.")
+
+
+def evaluate(model: nn.Module, objective: Objective, batches: Iterable[Any], device: torch.device | None = None,
+             seed: int = 0) -> dict[str, float]:
+    """Mean of every term of ``objective`` over ``batches``, in evaluation mode, without gradients.
+
+    Sampling inside the objective uses a forked RNG seeded with ``seed``, so the numbers are reproducible
+    and the caller's random stream is untouched.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    means = RunningMeans()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in batches:
+            means.update(_named_terms(objective(model, _to_device(batch, device))))
+    model.train(was_training)
+    return means.means()
+
+
+def _set_epoch(batches: Any, epoch: int) -> None:
+    setter = getattr(batches, "set_epoch", None)
+    if callable(setter):
+        setter(epoch)
+
+
+def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["epoch"] <= upto_epoch]
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    train_batches: Iterable[Any],
+    test_batches: Iterable[Any] | None = None,
+    settings: TrainSettings | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    description: str = "train",
+) -> History:
+    """Train ``model`` on ``objective`` with Adam; see the module docstring for what is written and when.
+
+    ``objective(model, batch) -> LossTerms`` gets each batch as a tuple of tensors on the device and returns
+    per-example terms; the trainer minimises the batch mean of ``LossTerms.loss``. ``train_batches`` is any
+    re-iterable of batches (a :class:`dgmlab.data.TensorBatches`, a ``DataLoader``...); if it has
+    ``set_epoch``, it is called with the epoch number before each epoch. Returns the :class:`History`.
+    """
+    settings = settings or TrainSettings()
+    settings.validate()
+    device = resolve_device(settings.device)
+    run_path = Path(run_dir) if run_dir is not None else None
+    if resume and run_path is None:
+        raise TrainingError("resume=True needs the run directory to resume from")
+
+    torch.manual_seed(settings.seed)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+    start_epoch, step = 0, 0
+    history = History()
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+        if resume:
+            state = load_checkpoint(run_path / "checkpoint", model, optimizer)
+            start_epoch, step = state.epoch, state.step
+            history.records = _read_metrics(run_path / "metrics.jsonl", start_epoch)
+            atomic_write_text(run_path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history.records))
+        else:
+            (run_path / "metrics.jsonl").unlink(missing_ok=True)
+        if config is not None:
+            full = {**config, "train": {**dict(config.get("train", {})), **asdict(settings)}}
+            atomic_write_text(run_path / "config.json", json.dumps(full, indent=2, sort_keys=True) + "\n")
+    if start_epoch >= settings.epochs:
+        return history
+
+    model.train()
+    for epoch in range(start_epoch + 1, settings.epochs + 1):
+        started = time.perf_counter()
+        _set_epoch(train_batches, epoch)
+        means = RunningMeans()
+        lr = optimizer.param_groups[0]["lr"]
+        bar = tqdm(train_batches, desc=f"{description} {epoch}/{settings.epochs}", leave=False,
+                   disable=not settings.progress, dynamic_ncols=True)
+        stopped = False
+        for batch in bar:
+            out = objective(model, _to_device(batch, device))
+            terms = _named_terms(out)
+            _check_finite(terms, epoch, step + 1, run_path)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.mean().backward()
+            optimizer.step()
+            step += 1
+            means.update(terms)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in means.means().items()}, refresh=False)
+            if settings.max_steps is not None and step >= settings.max_steps:
+                stopped = True
+                break
+        bar.close()
+        if means.count == 0:
+            raise TrainingError("the training data yielded no batches; check the data size, batch_size and "
+                                "drop_last")
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * settings.lr_decay
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "train": means.means()}
+        if test_batches is not None:
+            _set_epoch(test_batches, 0)
+            record["test"] = evaluate(model, objective, test_batches, device, seed=settings.seed)
+        record["units"] = dict(getattr(out, "units", {}))
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        history.records.append(record)
+        if settings.progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record["train"].items())
+            test = record.get("test")
+            tested = ("; test " + ", ".join(f"{k} {v:.4g}" for k, v in test.items())) if test else ""
+            tqdm.write(f"{description} epoch {epoch}/{settings.epochs}: train {shown}{tested} "
+                       f"({record['seconds']:.1f} s)")
+        if run_path is not None:
+            with open(run_path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            last = epoch == settings.epochs or stopped
+            if last or epoch % settings.checkpoint_every == 0:
+                save_checkpoint(run_path / "checkpoint", model, optimizer, epoch=epoch, step=step)
+        if stopped:
+            break
+    return history

@@ -1,0 +1,219 @@
+"""The trainer: true means, run directory, atomic checkpoints, bit-exact resume, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dgmlab.checkpoint as checkpoint_module
+from dgmlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dgmlab.data import TensorBatches
+from dgmlab.models import VAE
+from dgmlab.objectives import LossTerms, negative_elbo
+from dgmlab.train import NonFiniteLossError, RunningMeans, TrainingError, TrainSettings, fit, resolve_device
+
+
+def elbo(model, batch):
+    return negative_elbo(model, batch[0], kl="monte_carlo")
+
+
+def make_data(n=100, d=12, seed=0):
+    # binary data from two prototypes: a VAE can learn it, so its loss must fall
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.tensor([[0.9] * (d // 2) + [0.1] * (d - d // 2), [0.1] * (d // 2) + [0.9] * (d - d // 2)])
+    x = torch.bernoulli(prototypes[torch.randint(0, 2, (n,), generator=g)], generator=g)
+    return TensorBatches(x, batch_size=32, seed=seed), TensorBatches(x[:40], batch_size=40, shuffle=False)
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return VAE(12, [16, 6], likelihood="bernoulli")
+
+
+def quiet(**kwargs):
+    return TrainSettings(progress=False, **kwargs)
+
+
+def test_running_means_weight_every_example_once():
+    means = RunningMeans()
+    means.update({"loss": torch.tensor([1.0, 1.0, 1.0])})
+    means.update({"loss": torch.tensor([4.0])})  # a short last batch
+    assert means.means()["loss"] == pytest.approx(7 / 4)  # not the mean of batch means (2.5)
+
+
+def test_epoch_mean_is_the_true_mean_over_the_data():
+    # a model-free objective: the per-example "loss" is the example itself, so the epoch mean is known
+    weight = torch.nn.Parameter(torch.zeros(()))
+    model = torch.nn.Module()
+    model.w = weight
+    values = torch.arange(10.0)
+
+    def objective(m, batch):
+        return LossTerms(loss=batch[0] + 0 * m.w, terms={"value": batch[0]})
+
+    history = fit(model, objective, TensorBatches(values, batch_size=4), settings=quiet(epochs=1))
+    assert history.last("train", "value") == pytest.approx(values.mean().item())
+
+
+def test_run_directory_contents(tmp_path):
+    train, test = make_data()
+    fit(make_model(), elbo, train, test, quiet(epochs=2, lr=1e-2), run_dir=tmp_path,
+        config={"model": {"name": "vae"}})
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert set(records[0]["train"]) == {"loss", "neg_elbo", "recon_nll", "kl"}
+    assert set(records[0]["test"]) == set(records[0]["train"])
+    assert records[0]["units"]["kl"] == "nats" and records[1]["step"] == 8
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"] == {"name": "vae"} and config["train"]["epochs"] == 2
+    tensors = load_file(str(tmp_path / "checkpoint" / "state.safetensors"))
+    assert any(k.startswith("model.") for k in tensors) and any(k.startswith("optimizer.") for k in tensors)
+    assert "rng.torch" in tensors
+    assert not list((tmp_path / "checkpoint").glob("*.tmp"))
+
+
+def test_training_reduces_the_loss():
+    train, test = make_data(n=256)
+    history = fit(make_model(), elbo, train, test, quiet(epochs=15, lr=1e-2))
+    first, last = history.records[0]["train"]["loss"], history.records[-1]["train"]["loss"]
+    assert last < first - 1.0
+
+
+def test_resume_is_bit_exact(tmp_path):
+    # 2 epochs in one go == 1 epoch, resume, 1 more epoch: parameter for parameter
+    train, test = make_data()
+    straight = make_model()
+    fit(straight, elbo, train, test, quiet(epochs=2, lr=1e-2, seed=3), run_dir=tmp_path / "a")
+
+    train, test = make_data()
+    fit(make_model(), elbo, train, test, quiet(epochs=1, lr=1e-2, seed=3), run_dir=tmp_path / "b")
+    torch.manual_seed(12345)  # whatever happens in between must not matter
+    resumed = make_model(seed=99)
+    train, test = make_data()
+    history = fit(resumed, elbo, train, test, quiet(epochs=2, lr=1e-2, seed=3), run_dir=tmp_path / "b",
+                  resume=True)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert [r["epoch"] for r in history.records] == [1, 2]
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert lines == (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() or \
+        [json.loads(x)["train"] for x in lines] == \
+        [json.loads(x)["train"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path):
+    train, test = make_data()
+    fit(make_model(), elbo, train, test, quiet(epochs=1), run_dir=tmp_path)
+    model = make_model(seed=5)
+    fit(model, elbo, train, test, quiet(epochs=1), run_dir=tmp_path, resume=True)
+    reference = make_model()
+    load_checkpoint(tmp_path / "checkpoint", reference)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(),
+                                                   strict=True))
+
+
+def test_crash_while_saving_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(tmp_path, model, optimizer, epoch=1, step=10)
+    before = (tmp_path / "state.safetensors").read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", crash)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, model, optimizer, epoch=2, step=20)
+    assert (tmp_path / "state.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.safetensors"]
+    assert load_checkpoint(tmp_path, make_model()).epoch == 1
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path, make_model())
+    (tmp_path / "state.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path, make_model())
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path, make_model(), None, epoch=1, step=1)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(tmp_path, VAE(12, [8, 4]))
+
+
+def test_non_finite_loss_names_the_term_and_step_and_keeps_the_checkpoint(tmp_path):
+    train, test = make_data()
+    model = make_model()
+    fit(model, elbo, train, test, quiet(epochs=1), run_dir=tmp_path)
+    before = (tmp_path / "checkpoint" / "state.safetensors").read_bytes()
+    calls = {"n": 0}
+
+    def exploding(m, batch):
+        calls["n"] += 1
+        out = elbo(m, batch)
+        if calls["n"] == 3:
+            out.terms["kl"] = out.terms["kl"] * float("inf")
+        return out
+
+    with pytest.raises(NonFiniteLossError, match=r"'kl' became infinite at step 7 \(epoch 2\).*intact"):
+        fit(model, exploding, train, test, quiet(epochs=2), run_dir=tmp_path, resume=True)
+    assert (tmp_path / "checkpoint" / "state.safetensors").read_bytes() == before
+
+
+def test_nan_in_the_loss_is_reported_as_nan():
+    def nan_objective(m, batch):
+        loss = batch[0].sum(-1) * float("nan") + 0 * sum(p.sum() for p in m.parameters())
+        return LossTerms(loss=loss)
+
+    train, _ = make_data()
+    with pytest.raises(NonFiniteLossError, match="'loss' became NaN at step 1"):
+        fit(make_model(), nan_objective, train, settings=quiet(epochs=1))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(epochs=0), "epochs must be a positive integer"),
+        (dict(lr=-1e-3), "lr .*positive"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(lr_decay=1.5), "lr_decay"),
+        (dict(device="tpu"), "auto, cpu, cuda, mps"),
+    ],
+)
+def test_bad_settings(settings, message):
+    train, _ = make_data()
+    with pytest.raises(ValueError, match=message):
+        fit(make_model(), elbo, train, settings=quiet(**settings))
+
+
+def test_resume_without_run_dir_and_empty_data():
+    train, _ = make_data()
+    with pytest.raises(TrainingError, match="run directory"):
+        fit(make_model(), elbo, train, settings=quiet(epochs=1), resume=True)
+    with pytest.raises(TrainingError, match="no batches"):
+        fit(make_model(), elbo, [], settings=quiet(epochs=1))
+
+
+def test_a_plain_dataloader_works():
+    x = torch.rand(50, 12)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=16, shuffle=True)
+    history = fit(make_model(), elbo, loader, settings=quiet(epochs=1))
+    assert history.records[0]["step"] == 4
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="CUDA is not available"):
+            resolve_device("cuda")
