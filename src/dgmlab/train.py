@@ -58,6 +58,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     lr_decay: float = 1.0  # multiplies the learning rate after every epoch (1.0: constant)
     max_steps: int | None = None
+    time_limit: float | None = None  # seconds; no epoch starts after this much training time
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -77,6 +78,8 @@ class TrainSettings:
             raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
 
@@ -227,9 +230,11 @@ def fit(
         return history
 
     model.train()
+    training_seconds = 0.0
     for epoch in range(start_epoch + 1, settings.epochs + 1):
         started = time.perf_counter()
         _set_epoch(train_batches, epoch)
+        _set_epoch(objective, epoch)  # an objective with a schedule (e.g. KL warm-up) may follow the epoch
         means = RunningMeans()
         lr = optimizer.param_groups[0]["lr"]
         bar = tqdm(train_batches, desc=f"{description} {epoch}/{settings.epochs}", leave=False,
@@ -260,6 +265,9 @@ def fit(
             record["test"] = evaluate(model, objective, test_batches, device, seed=settings.seed)
         record["units"] = dict(getattr(out, "units", {}))
         record["seconds"] = round(time.perf_counter() - started, 3)
+        training_seconds += record["seconds"]
+        if settings.time_limit is not None and training_seconds >= settings.time_limit:
+            stopped = True
         history.records.append(record)
         if settings.progress:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record["train"].items())
