@@ -61,20 +61,44 @@ def test_nll(model: VAE, x: torch.Tensor, k: int, batch_size: int, chunk_size: i
         torch.manual_seed(seed)
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size].to(device)
-            total += float(-importance_weighted_bound(model, batch, num_samples=k, chunk_size=chunk_size).double().sum())
+            bound = importance_weighted_bound(model, batch, num_samples=k, chunk_size=chunk_size)
+            total += float(-bound.double().sum())
     return total / len(x)
+
+
+def epochs_in_budget(model: VAE, train: TensorBatches, seconds: float, probe_steps: int = 30) -> int:
+    """How many epochs fit in ``seconds`` on this machine, from the time of ``probe_steps`` training steps
+    (on a throw-away copy of the model, so the run itself is unaffected)."""
+    import copy
+
+    probe = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(probe.parameters())
+    batches = iter(TensorBatches(*train.tensors, batch_size=train.batch_size, seed=12345))
+    with torch.random.fork_rng():
+        for step in range(probe_steps + 5):
+            if step == 5:
+                started = time.perf_counter()
+            (x,) = next(batches)
+            loss = negative_elbo(probe, x).loss.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    per_epoch = (time.perf_counter() - started) / probe_steps * len(train)
+    return max(1, int(0.97 * seconds / per_epoch))  # 3% margin for the per-epoch bookkeeping
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024])
     parser.add_argument("--latent", type=int, default=50)
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--minutes", type=float, default=30.0, help="training time budget")
-    parser.add_argument("--max-epochs", type=int, default=10_000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lr-decay", type=float, default=0.985, help="per-epoch factor")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="epochs to train (0: as many as the time budget allows, measured on this machine)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr-final", type=float, default=1e-4,
+                        help="learning rate reached at the end of the budget (exponential decay per epoch)")
     parser.add_argument("--warmup-epochs", type=int, default=10)
     parser.add_argument("--eval-k", type=int, default=5000)
     parser.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
@@ -98,7 +122,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = VAE(784, [*args.hidden, 2 * args.latent], likelihood="bernoulli", activation=args.activation)
     model.init_output_bias(x_train.mean(0))
-    settings = TrainSettings(epochs=args.max_epochs, lr=args.lr, lr_decay=args.lr_decay, seed=args.seed,
+    epochs = args.epochs or epochs_in_budget(model, train, args.minutes * 60)
+    # lr decays exponentially from --lr to --lr-final over the planned epochs
+    lr_decay = (args.lr_final / args.lr) ** (1 / max(epochs - 1, 1))
+    print(f"training {epochs} epochs (budget {args.minutes} min), lr {args.lr:g} -> {args.lr_final:g}", flush=True)
+    settings = TrainSettings(epochs=epochs, lr=args.lr, lr_decay=lr_decay, seed=args.seed,
                              device=str(device), time_limit=args.minutes * 60, progress=False)
     started = time.perf_counter()
     history = fit(model, WarmupELBO(args.warmup_epochs), train, settings=settings, run_dir=args.out,

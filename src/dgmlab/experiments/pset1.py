@@ -70,7 +70,7 @@ class Section:
 def _config(file: str, quick: bool, device: str, seed: int, progress: bool) -> dict[str, Any]:
     overrides = [f'train.device="{device}"', f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
     if quick:
-        overrides += ["train.epochs=1", "data.limit=6000", "data.test_limit=2000"]
+        overrides += ["train.epochs=3", "data.limit=12000", "data.test_limit=2000"]
     config = apply_overrides(load_config(CONFIGS / file), overrides)
     return config
 
