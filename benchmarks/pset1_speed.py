@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,6 @@ from torch.utils.data import DataLoader
 
 from dgmlab.config import apply_overrides, build_model_from_config, build_settings, load_config
 from dgmlab.data import load_mnist
-from dgmlab.experiments import pset1
 from dgmlab.experiments.pset1 import CONFIGS, EXPERIMENTS, REFERENCE, run_mnist_experiment
 from dgmlab.experiments.runs import prepare
 from dgmlab.train import fit
@@ -219,34 +217,13 @@ def experiment_config(file: str, device: str, seed: int, epochs: int | None) -> 
     return apply_overrides(load_config(CONFIGS / file), overrides)
 
 
-@contextmanager
-def pset1_epochs(epochs: int | None):
-    """Make ``run_mnist_experiment`` train ``epochs`` epochs (None: the problem set's).
-
-    ``run_mnist_experiment`` takes no epochs or overrides (only ``quick``), so a shortened comparison wraps the
-    module's config builder; the full comparison (``--epochs-scale 1``) calls it untouched.
-    """
-    if epochs is None:
-        yield
-        return
-    original = pset1._config
-
-    def shortened(*args, **kwargs):
-        return apply_overrides(original(*args, **kwargs), [f"train.epochs={epochs}"])
-
-    pset1._config = shortened
-    try:
-        yield
-    finally:
-        pset1._config = original
-
-
 def run_dgmlab(key: str, title: str, file: str, out: Path, device: str, seed: int,
                epochs: int | None) -> tuple[float, float]:
     """What ``dgmlab pset1`` runs for one experiment; returns (seconds, final true training loss)."""
     started = time.perf_counter()
-    with pset1_epochs(epochs):
-        section = run_mnist_experiment(key, title, file, out, quick=False, device=device, seed=seed, progress=False)
+    overrides = [] if epochs is None else [f"train.epochs={epochs}"]
+    section = run_mnist_experiment(key, title, file, out, quick=False, device=device, seed=seed, progress=False,
+                                   overrides=overrides)
     seconds = time.perf_counter() - started
     return seconds, float(section.settings["metrics"]["train"]["loss"])
 

@@ -217,7 +217,7 @@ def build_model_from_config(config: Mapping[str, Any], input_dim: int | None = N
     name = cfg.pop("name", None)
     if name is None:
         raise ConfigError("[model] needs a name, e.g. name = \"vae\"")
-    if input_dim is not None and name in ("ae", "vae"):
+    if input_dim is not None and name in ("ae", "vae", "point_vae"):
         cfg.setdefault("input_dim", input_dim)
     return build_model(name, **cfg)
 

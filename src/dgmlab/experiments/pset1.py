@@ -19,7 +19,7 @@ import html
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,12 +67,12 @@ class Section:
     summary: str = ""
 
 
-def _config(file: str, quick: bool, device: str, seed: int, progress: bool) -> dict[str, Any]:
-    overrides = [f'train.device="{device}"', f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
+def _config(file: str, quick: bool, device: str, seed: int, progress: bool,
+            overrides: Sequence[str] = ()) -> dict[str, Any]:
+    settings = [f'train.device="{device}"', f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
     if quick:
-        overrides += ["train.epochs=3", "data.limit=12000", "data.test_limit=2000"]
-    config = apply_overrides(load_config(CONFIGS / file), overrides)
-    return config
+        settings += ["train.epochs=3", "data.limit=12000", "data.test_limit=2000"]
+    return apply_overrides(load_config(CONFIGS / file), [*settings, *overrides])
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -109,9 +109,11 @@ def _interpolation_figure(model: torch.nn.Module, test_x: torch.Tensor, test_lab
 
 
 def run_mnist_experiment(key: str, title: str, file: str, out: Path, quick: bool, device: str, seed: int,
-                         progress: bool) -> Section:
-    """Train one of the problem set's MNIST models and collect its numbers and figures."""
-    config = _config(file, quick, device, seed, progress)
+                         progress: bool, overrides: Sequence[str] = ()) -> Section:
+    """Train one of the problem set's MNIST models and collect its numbers and figures.
+
+    ``overrides`` are ``table.key=value`` settings applied last (e.g. ``"train.epochs=5"``)."""
+    config = _config(file, quick, device, seed, progress, overrides)
     run_dir = out / key
     started = time.perf_counter()
     model, objective, data = prepare(config)

@@ -8,8 +8,10 @@ from typing import Any
 from torch import nn
 
 from dgmlab.models.autoencoders import AE, VAE, AEOutput, ModelConfigError, VAEOutput
+from dgmlab.models.point_vae import POINT_DECODERS, PointVAE, PositionalEncoding3D
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"ae": AE, "vae": VAE}
+MODELS["point_vae"] = PointVAE  # decoder="cartesian" | "polar" | "torus"
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -28,3 +30,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["AE", "VAE", "AEOutput", "VAEOutput", "MODELS", "ModelConfigError", "build_model", "count_parameters"]
+__all__ += ["POINT_DECODERS", "PointVAE", "PositionalEncoding3D"]
