@@ -101,7 +101,10 @@ def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto")
     run_dir = Path(run_dir)
     model, config = load_run(run_dir, device=device)
     settings = build_settings(config)
-    data = build_data({**config, "data": {**config.get("data", {}), "test": True}}, seed=settings.seed)
+    data_table = dict(config.get("data", {}))
+    if data_table.get("name", "mnist") == "mnist":
+        data_table["test"] = True  # a run may have trained without test evaluation
+    data = build_data({**config, "data": data_table}, seed=settings.seed)
     objective = build_objective(config)
     dev = next(model.parameters()).device
     results: dict[str, Any] = {"objective": config.get("objective", {}).get("name"),
