@@ -26,8 +26,9 @@ import torch
 
 from dgmlab.checkpoint import load_weights
 from dgmlab.data import TensorBatches, mnist_tensors
+from dgmlab.evaluate import importance_weighted_nll
 from dgmlab.models import VAE, count_parameters
-from dgmlab.objectives import LossTerms, importance_weighted_bound, negative_elbo
+from dgmlab.objectives import LossTerms, negative_elbo
 from dgmlab.train import TrainSettings, evaluate, fit, resolve_device
 
 PUBLISHED = 86.76
@@ -51,21 +52,6 @@ class WarmupELBO:
         # -ELBO_beta = recon_nll + beta * KL
         out.loss = out.terms["recon_nll"] + beta * out.terms["kl"]
         return out
-
-
-@torch.no_grad()
-def test_nll(model: VAE, x: torch.Tensor, k: int, batch_size: int, chunk_size: int, seed: int = 123) -> float:
-    """Mean of -L_k over the rows of ``x`` (nats)."""
-    model.eval()
-    device = next(model.parameters()).device
-    total = 0.0
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size].to(device)
-            bound = importance_weighted_bound(model, batch, num_samples=k, chunk_size=chunk_size)
-            total += float(-bound.double().sum())
-    return total / len(x)
 
 
 def epochs_in_budget(model: VAE, train: TensorBatches, seconds: float, probe_steps: int = 30) -> int:
@@ -155,7 +141,7 @@ def main() -> None:
         test = TensorBatches(x_test.to(device), batch_size=1000, shuffle=False)
         neg_elbo = evaluate(model, lambda m, b: negative_elbo(m, b[0]), test, device, seed=123)["loss"]
         started = time.perf_counter()
-        nll = test_nll(model, x_test, args.eval_k, args.eval_batch, args.chunk)
+        nll = importance_weighted_nll(model, x_test, args.eval_k, args.eval_batch, args.chunk)
         assert math.isfinite(nll)
         result.update({"test_neg_elbo_nats": round(neg_elbo, 3), f"test_nll_L{args.eval_k}_nats": round(nll, 3),
                        "test_images": len(x_test), "eval_minutes": round((time.perf_counter() - started) / 60, 2),

@@ -163,3 +163,25 @@ def oracle_metrics(R: float = 1.0, r: float = 0.5, num_points: int = 3000,
     first, _ = torus_point_cloud(R, r, num_points, seeds[0], **sampler)
     second, _ = torus_point_cloud(R, r, num_points, seeds[1], **sampler)
     return point_cloud_metrics(first, second, R, r)
+
+
+@torch.no_grad()
+def importance_weighted_nll(model: torch.nn.Module, x: Tensor, num_samples: int = 5000, batch_size: int = 100,
+                            chunk_size: int = 500, seed: int = 123) -> float:
+    r"""Mean of :math:`-\mathcal L_k(x)` over the rows of ``x``, in nats: the usual NLL estimate of a VAE.
+
+    Batches of ``batch_size`` examples go through :func:`dgmlab.objectives.importance_weighted_bound` with
+    ``k = num_samples``; sampling uses a forked RNG seeded with ``seed``, so the caller's stream is untouched.
+    """
+    from dgmlab.objectives import importance_weighted_bound
+
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size].to(device)
+            bound = importance_weighted_bound(model, batch, num_samples=num_samples, chunk_size=chunk_size)
+            total += float(-bound.double().sum())
+    return total / len(x)

@@ -25,8 +25,9 @@ from dgmlab.config import (
     build_settings,
     load_config,
 )
+from dgmlab.evaluate import importance_weighted_nll
 from dgmlab.models import AE, VAE, count_parameters
-from dgmlab.objectives import importance_weighted_bound, negative_elbo
+from dgmlab.objectives import negative_elbo
 from dgmlab.train import History, evaluate, fit, resolve_device
 
 
@@ -114,14 +115,8 @@ def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto")
         results["test_neg_elbo_nats"] = evaluate(
             model, lambda m, b: negative_elbo(m, b[0]), data.test, dev, seed=settings.seed)["loss"]
         if iw_samples > 0:
-            total, count = 0.0, 0
-            with torch.random.fork_rng():
-                torch.manual_seed(settings.seed)
-                for (x,) in data.test:
-                    bound = importance_weighted_bound(model, x.to(dev), num_samples=iw_samples, chunk_size=500)
-                    total += float(-bound.double().sum())
-                    count += len(x)
-            results[f"test_nll_iw{iw_samples}_nats"] = total / count
+            results[f"test_nll_iw{iw_samples}_nats"] = importance_weighted_nll(
+                model, data.test_x, num_samples=iw_samples, seed=settings.seed)
         results["likelihood"] = model.likelihood
     atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
     return results
