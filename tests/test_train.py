@@ -104,6 +104,51 @@ def test_resume_is_bit_exact(tmp_path):
         [json.loads(x)["train"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_weight_average_follows_its_update_rule(tmp_path):
+    # the trainer's average must equal theta_bar_t = theta_bar_{t-1} + (1 - beta_t)(theta_t - theta_bar_{t-1}),
+    # beta_t = min(beta, (1 + t) / (10 + t)), computed here from the raw weights after each of 4 steps
+    beta, steps = 0.6, 4
+    raw = []
+    for t in range(1, steps + 1):
+        train, _ = make_data()
+        model = make_model()
+        fit(model, elbo, train, settings=quiet(epochs=1, lr=1e-2, seed=3, max_steps=t))
+        raw.append({k: v.detach().clone() for k, v in model.named_parameters()})
+    expected = {k: v.detach().clone() for k, v in make_model().named_parameters()}
+    for t, theta in enumerate(raw, start=1):
+        weight = 1 - min(beta, (1 + t) / (10 + t))
+        expected = {k: expected[k] + weight * (theta[k] - expected[k]) for k in expected}
+
+    train, test = make_data()
+    averaged = make_model()
+    fit(averaged, elbo, train, test, quiet(epochs=1, lr=1e-2, seed=3, max_steps=steps, ema_decay=beta),
+        run_dir=tmp_path)
+    for name, value in averaged.named_parameters():  # fit hands back the averaged weights
+        torch.testing.assert_close(value.detach(), expected[name], rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(value, raw[-1][name]), name
+    stored = load_file(tmp_path / "checkpoint" / "state.safetensors")
+    for name in expected:  # the checkpoint: averaged weights to evaluate, raw weights to resume
+        torch.testing.assert_close(stored[f"model.{name}"], expected[name], rtol=1e-6, atol=1e-7)
+        assert torch.equal(stored[f"raw.{name}"], raw[-1][name])
+
+
+def test_resume_with_a_weight_average_is_bit_exact(tmp_path):
+    settings = dict(lr=1e-2, seed=3, ema_decay=0.9)
+    train, test = make_data()
+    straight = make_model()
+    fit(straight, elbo, train, test, quiet(epochs=2, **settings), run_dir=tmp_path / "a")
+    train, test = make_data()
+    fit(make_model(), elbo, train, test, quiet(epochs=1, **settings), run_dir=tmp_path / "b")
+    resumed = make_model(seed=99)
+    train, test = make_data()
+    fit(resumed, elbo, train, test, quiet(epochs=2, **settings), run_dir=tmp_path / "b", resume=True)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    a = load_file(tmp_path / "a" / "checkpoint" / "state.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "state.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "raw.")))
+
+
 def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     train, test = make_data()
     fit(make_model(), elbo, train, test, quiet(epochs=1), run_dir=tmp_path)
@@ -188,6 +233,7 @@ def test_nan_in_the_loss_is_reported_as_nan():
         (dict(weight_decay=-1.0), "weight_decay"),
         (dict(lr_decay=1.5), "lr_decay"),
         (dict(device="tpu"), "auto, cpu, cuda, mps"),
+        (dict(ema_decay=1.0), "ema_decay must be in \\(0, 1\\)"),
     ],
 )
 def test_bad_settings(settings, message):

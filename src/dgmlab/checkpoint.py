@@ -5,6 +5,9 @@ A run's ``checkpoint/state.safetensors`` holds, in one file so that its parts ca
 * ``model.<name>``: the model's state dict (weights and buffers),
 * ``optimizer.<param index>.<key>``: the optimizer's per-parameter state tensors (Adam's moments),
 * ``rng.torch`` (and ``rng.cuda.<i>`` on CUDA): the random-number-generator state,
+* ``raw.<name>``, only for runs that average their weights (``TrainSettings.ema_decay``): the optimizer's
+  own parameters, while ``model.<name>`` holds the averaged ones, the weights to evaluate and sample from;
+
 
 and, in the file's string metadata, ``epoch``, ``step``, the optimizer's ``param_groups`` and non-tensor
 state as JSON, and the format version. Nothing is pickled. The file is written to a temporary file in the
@@ -41,6 +44,7 @@ class TrainingState:
     epoch: int
     step: int
     extra: dict[str, Any]
+    averaged: dict[str, torch.Tensor] | None = None  # the averaged parameters, for runs that keep an average
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -83,10 +87,17 @@ def save_checkpoint(
     epoch: int,
     step: int,
     extra: dict[str, Any] | None = None,
+    averaged: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save model, optimizer, RNG state, ``epoch`` and ``step`` to ``directory/state.safetensors``, atomically."""
+    """Save model, optimizer, RNG state, ``epoch`` and ``step`` to ``directory/state.safetensors``, atomically.
+
+    With ``averaged`` (parameter name -> averaged value), ``model.<name>`` stores the averaged parameters (what
+    :func:`load_weights` gives to evaluation and sampling) and ``raw.<name>`` the model's own, for resuming."""
     directory = Path(directory)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for name, value in (averaged or {}).items():
+        tensors[f"raw.{name}"] = tensors[f"model.{name}"]
+        tensors[f"model.{name}"] = value.detach().cpu().contiguous()
     optimizer_meta: dict[str, Any] = {}
     if optimizer is not None:
         optimizer_tensors, optimizer_meta = _optimizer_tensors(optimizer)
@@ -151,11 +162,22 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     restore_rng: bool = True,
 ) -> TrainingState:
-    """Restore model, optimizer and RNG state from ``directory/state.safetensors``; return epoch and step."""
+    """Restore model, optimizer and RNG state from ``directory/state.safetensors``; return epoch and step.
+
+    For a run that averages its weights, the model gets its own (raw) parameters back, to continue training,
+    and the averaged ones come back in ``TrainingState.averaged``."""
     path = Path(directory) / STATE_FILE
     tensors, metadata = _read(path)
     device = next(iter(model.parameters())).device if any(True for _ in model.parameters()) else "cpu"
     load_weights(directory, model, map_location=device)
+    averaged = None
+    raw = {k[len("raw."):]: v for k, v in tensors.items() if k.startswith("raw.")}
+    if raw:
+        averaged = {name: tensors[f"model.{name}"].to(device) for name in raw}
+        with torch.no_grad():
+            parameters = dict(model.named_parameters())
+            for name, value in raw.items():
+                parameters[name].copy_(value)
     if optimizer is not None:
         meta = json.loads(metadata.get("optimizer", "{}"))
         state: dict[int, dict[str, Any]] = {}
@@ -173,4 +195,4 @@ def load_checkpoint(
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states)
     return TrainingState(epoch=int(metadata["epoch"]), step=int(metadata["step"]),
-                         extra=json.loads(metadata.get("extra", "{}")))
+                         extra=json.loads(metadata.get("extra", "{}")), averaged=averaged)

@@ -16,6 +16,15 @@ given a run directory, writes
 and any per-epoch randomness (dynamic binarisation) derive from ``(seed, epoch)``, the global RNG state is
 restored from the checkpoint, and evaluation runs under a forked RNG so it never perturbs training.
 
+With ``TrainSettings.ema_decay = beta``, the trainer also keeps an exponential moving average of the
+parameters (Polyak averaging), updated after every optimizer step t as
+
+    theta_bar <- beta_t * theta_bar + (1 - beta_t) * theta,    beta_t = min(beta, (1 + t) / (10 + t)),
+
+(the ramp lets early averages forget the random initialisation). Test evaluation, the checkpoint's
+``model.*`` weights and the model handed back at the end use theta_bar; the optimizer's own theta is kept
+in the checkpoint for resuming.
+
 A loss term that becomes NaN or infinite stops the run with :class:`NonFiniteLossError`, naming the term,
 the epoch and the step; the checkpoint of the last finished epoch is left as it was.
 """
@@ -63,6 +72,7 @@ class TrainSettings:
     device: str = "auto"
     progress: bool = True
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    ema_decay: float | None = None  # keep an exponential moving average of the weights with this decay
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for settings that cannot work."""
@@ -82,6 +92,9 @@ class TrainSettings:
             raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) (e.g. 0.999) or None for no averaging, "
+                             f"got {self.ema_decay!r}")
 
 
 @dataclass
@@ -115,6 +128,34 @@ def make_optimizer(model: nn.Module, settings: TrainSettings, device: torch.devi
     parameters) on the CPU and CUDA, where PyTorch has it."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
+
+
+class ParameterAverage:
+    """Exponential moving average of a model's parameters (see the module docstring for the update)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.parameters = dict(model.named_parameters())
+        self.averaged = {name: p.detach().clone() for name, p in self.parameters.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """theta_bar <- theta_bar + (1 - beta_t) (theta - theta_bar), after optimizer step ``step`` (from 1)."""
+        weight = 1.0 - min(self.decay, (1.0 + step) / (10.0 + step))
+        for name, p in self.parameters.items():
+            self.averaged[name].lerp_(p.detach(), weight)
+
+    def load(self, averaged: Mapping[str, Tensor]) -> None:
+        for name, value in averaged.items():
+            self.averaged[name].copy_(value)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the model's parameters and the averaged ones (twice restores both)."""
+        for name, p in self.parameters.items():
+            held = p.detach().clone()
+            p.copy_(self.averaged[name])
+            self.averaged[name].copy_(held)
 
 
 def _to_device(batch: Any, device: torch.device) -> tuple[Tensor, ...]:
@@ -218,6 +259,7 @@ def fit(
     torch.manual_seed(settings.seed)
     model.to(device)
     optimizer = make_optimizer(model, settings, device)
+    average = ParameterAverage(model, settings.ema_decay) if settings.ema_decay else None
 
     start_epoch, step = 0, 0
     history = History()
@@ -226,6 +268,9 @@ def fit(
         if resume:
             state = load_checkpoint(run_path / "checkpoint", model, optimizer)
             start_epoch, step = state.epoch, state.step
+            if average is not None:
+                # a run that did not average yet starts its average from the weights it has now
+                average.load(state.averaged or dict(model.named_parameters()))
             history.records = _read_metrics(run_path / "metrics.jsonl", start_epoch)
             atomic_write_text(run_path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history.records))
         else:
@@ -234,6 +279,8 @@ def fit(
             full = {**config, "train": {**dict(config.get("train", {})), **asdict(settings)}}
             atomic_write_text(run_path / "config.json", json.dumps(full, indent=2, sort_keys=True) + "\n")
     if start_epoch >= settings.epochs:
+        if average is not None:
+            average.swap()
         return history
 
     model.train()
@@ -255,6 +302,8 @@ def fit(
             out.loss.mean().backward()
             optimizer.step()
             step += 1
+            if average is not None:
+                average.update(step)
             means.update(terms)
             bar.set_postfix({k: f"{v:.4g}" for k, v in means.means().items()}, refresh=False)
             if settings.max_steps is not None and step >= settings.max_steps:
@@ -269,7 +318,11 @@ def fit(
         record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "train": means.means()}
         if test_batches is not None:
             _set_epoch(test_batches, 0)
+            if average is not None:
+                average.swap()  # evaluate the averaged weights
             record["test"] = evaluate(model, objective, test_batches, device, seed=settings.seed)
+            if average is not None:
+                average.swap()
         record["units"] = dict(getattr(out, "units", {}))
         record["seconds"] = round(time.perf_counter() - started, 3)
         training_seconds += record["seconds"]
@@ -287,7 +340,10 @@ def fit(
                 handle.write(json.dumps(record) + "\n")
             last = epoch == settings.epochs or stopped
             if last or epoch % settings.checkpoint_every == 0:
-                save_checkpoint(run_path / "checkpoint", model, optimizer, epoch=epoch, step=step)
+                save_checkpoint(run_path / "checkpoint", model, optimizer, epoch=epoch, step=step,
+                                averaged=average.averaged if average is not None else None)
         if stopped:
             break
+    if average is not None:
+        average.swap()  # hand back the averaged weights
     return history
