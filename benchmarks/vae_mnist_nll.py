@@ -79,6 +79,20 @@ def epochs_in_budget(model: VAE, train: TensorBatches, seconds: float, probe_ste
     return max(1, int(0.92 * seconds / per_epoch))
 
 
+def training_summary(run: Path, model: VAE) -> dict[str, object]:
+    """The training facts of a finished run, from its config.json and metrics.jsonl (for runs whose process
+    was stopped before it wrote result.json, e.g. to evaluate on another machine)."""
+    config = json.loads((run / "config.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {
+        "model": f"VAE(784, {[*config['hidden'], 2 * config['latent']]}, bernoulli, {config['activation']})",
+        "parameters": count_parameters(model), "epochs": len(records),
+        "train_minutes": round(sum(r["seconds"] for r in records) / 60, 2), "train_device": config["train"]["device"],
+        "train_threads": "unknown", "train_neg_elbo_last_epoch_nats": round(records[-1]["train"]["neg_elbo"], 3),
+        "published_vae_1layer_nats": PUBLISHED, "target_nats": 86.0,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024])
@@ -113,15 +127,19 @@ def main() -> None:
     x_test, _, _ = mnist_tensors("test", view="static", seed=123)
     if args.eval_limit:
         x_test = x_test[: args.eval_limit]
+    result_path = args.out / "result.json"
+    if args.eval_only:
+        # the architecture of a finished run comes from its own config.json, not from this command line
+        trained = json.loads((args.out / "config.json").read_text())
+        args.hidden, args.latent, args.activation = trained["hidden"], trained["latent"], trained["activation"]
     torch.manual_seed(args.seed)
     model = VAE(784, [*args.hidden, 2 * args.latent], likelihood="bernoulli", activation=args.activation)
-    result_path = args.out / "result.json"
 
     if args.eval_only:
         # evaluate a finished training run (e.g. trained on the CPU, evaluated on a GPU)
         load_weights(args.out / "checkpoint", model)
         model.to(device)
-        result = json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text()) if result_path.exists() else training_summary(args.out, model)
     else:
         train = TensorBatches(x_train.to(device), batch_size=args.batch_size, seed=args.seed, transform=transform)
         model.init_output_bias(x_train.mean(0))
@@ -144,6 +162,7 @@ def main() -> None:
             "train_neg_elbo_last_epoch_nats": round(history.last("train", "neg_elbo"), 3),
             "published_vae_1layer_nats": PUBLISHED, "target_nats": 86.0,
         }
+        result_path.write_text(json.dumps(result, indent=2) + "\n")  # the training facts, before evaluating
     if args.eval_k > 0:
         test = TensorBatches(x_test.to(device), batch_size=1000, shuffle=False)
         neg_elbo = evaluate(model, lambda m, b: negative_elbo(m, b[0]), test, device, seed=123)["loss"]

@@ -248,3 +248,31 @@ def test_pset_objective_is_a_rescaled_gaussian_elbo():
 def test_unknown_kl_estimator_is_a_clear_error(xs):
     with pytest.raises(ValueError, match="analytic, monte_carlo"):
         negative_elbo(LinearGaussian(), xs, kl="exact")
+
+
+class FactorizedBernoulli(nn.Module):
+    """p(x) = prod_i Bernoulli(x_i; sigmoid(l_i)), optionally with one logit vector per class."""
+
+    def __init__(self, dim, num_classes=0):
+        super().__init__()
+        self.logits = nn.Parameter(torch.randn(max(num_classes, 1), dim))
+
+    def log_prob(self, x, y=None):
+        logits = self.logits[0] if y is None else self.logits[y]
+        return torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
+
+
+def test_exact_nll_is_minus_log_prob_in_nats_and_bits():
+    from dgmlab.objectives import exact_nll
+
+    torch.manual_seed(0)
+    model = FactorizedBernoulli(6, num_classes=3)
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    out = exact_nll(model, x)
+    torch.testing.assert_close(out.loss, -model.log_prob(x))
+    torch.testing.assert_close(out.terms["bits_per_dim"], out.terms["nll"] / (6 * math.log(2)))
+    conditional = exact_nll(model, x, y)
+    torch.testing.assert_close(conditional.loss, -model.log_prob(x, y))
+    assert not torch.allclose(conditional.loss, out.loss)
+    assert out.units["nll"] == "nats"

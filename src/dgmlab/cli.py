@@ -5,7 +5,7 @@ Subcommands::
     dgmlab train --config configs/vae_mc.toml [--out runs/x] [--epochs N] [--lr X] [--set table.key=value]
     dgmlab train --resume runs/x [--epochs N]      # continue a run from its last checkpoint
     dgmlab eval runs/x [--iw-samples 5000]         # test-set metrics of a trained run
-    dgmlab sample runs/x [--n 64]                  # a grid of samples from a trained run
+    dgmlab sample runs/x [--n 64] [--class 7]      # a grid of samples (of one class, if conditional)
     dgmlab pset1 [--quick] [--out DIR]             # problem set 1, end to end, with a report
 
 Every error a user can cause (a missing file, an unknown model name, a negative learning rate...) ends the
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
     sample.add_argument("--seed", type=_nonnegative_int, default=0)
     sample.add_argument("--out", type=Path, help="PNG file (default RUN_DIR/samples.png)")
+    sample.add_argument("--class", dest="label", type=_nonnegative_int, default=None, metavar="LABEL",
+                        help="for a class-conditional model: the class to sample (default: every class in turn)")
 
     pset1 = sub.add_parser("pset1", help="reproduce problem set 1 end to end and write report.html",
                            description="Run every experiment of problem set 1 and write a report.")
@@ -143,7 +145,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from dgmlab.experiments.runs import sample_run
 
-    path = sample_run(args.run_dir, n=args.n, seed=args.seed, out=args.out)
+    path = sample_run(args.run_dir, n=args.n, seed=args.seed, out=args.out, label=args.label)
     print(f"samples written to {path}")
 
 

@@ -12,11 +12,14 @@ A configuration has four tables; every key has a default except ``model.name``::
     view = "grey"                 # grey | dynamic | static | threshold (MNIST)
     batch_size = 256
     limit = 0                     # use only the first N training examples (0: all)
+    shape = "flat"                # flat ([N, 784], MLPs) | image ([N, 1, 28, 28], convolutions)
+    labels = false                # put the class labels in every batch (class-conditional models)
 
     [objective]
-    name = "pset_mse_kl"          # elbo | pset_mse_kl | reconstruction_mse
+    name = "pset_mse_kl"          # elbo | pset_mse_kl | reconstruction_mse | nll
     kl = "monte_carlo"            # analytic | monte_carlo
     coeff = 1e-4
+    conditional = false           # nll only: the model's log_prob takes the labels, log p(x | y)
 
     [train]                       # dgmlab.train.TrainSettings
     epochs = 30
@@ -42,7 +45,14 @@ from torch import nn
 
 from dgmlab import data as dgdata
 from dgmlab.models import build_model
-from dgmlab.objectives import KL_ESTIMATORS, Objective, negative_elbo, pset_mse_kl, reconstruction_mse
+from dgmlab.objectives import (
+    KL_ESTIMATORS,
+    Objective,
+    exact_nll,
+    negative_elbo,
+    pset_mse_kl,
+    reconstruction_mse,
+)
 from dgmlab.train import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -115,18 +125,28 @@ def _mnist_data(cfg: dict[str, Any], seed: int) -> DataBundle:
     test_limit = int(cfg.pop("test_limit", 0)) or None
     use_test = bool(cfg.pop("test", True))
     data_dir = cfg.pop("data_dir", None)
+    shape = cfg.pop("shape", "flat")
+    with_labels = cfg.pop("labels", False)
     _reject_unknown("data", cfg)
-    x, _, transform = dgdata.mnist_tensors("train", view=view, flatten=True, seed=seed, data_dir=data_dir,
-                                           limit=limit)
-    train = dgdata.TensorBatches(x, batch_size=batch_size, shuffle=True, seed=seed, transform=transform)
+    if shape not in ("flat", "image"):
+        raise ConfigError(f"data.shape must be flat ([N, 784], for MLPs) or image ([N, 1, 28, 28], for "
+                          f"convolutions), got {shape!r}")
+    if not isinstance(with_labels, bool):
+        raise ConfigError(f"data.labels must be true or false, got {with_labels!r}")
+    flatten = shape == "flat"
+    x, labels, transform = dgdata.mnist_tensors("train", view=view, flatten=flatten, seed=seed,
+                                                data_dir=data_dir, limit=limit)
+    tensors = (x, labels) if with_labels else (x,)
+    train = dgdata.TensorBatches(*tensors, batch_size=batch_size, shuffle=True, seed=seed, transform=transform)
     test = test_x = test_labels = None
     if use_test:
         # the test split is evaluated with one fixed binarisation, so epochs are comparable
         test_view = "static" if view == "dynamic" else view
-        test_x, test_labels, _ = dgdata.mnist_tensors("test", view=test_view, flatten=True, seed=seed + 1,
+        test_x, test_labels, _ = dgdata.mnist_tensors("test", view=test_view, flatten=flatten, seed=seed + 1,
                                                       data_dir=data_dir, limit=test_limit)
-        test = dgdata.TensorBatches(test_x, batch_size=1000, shuffle=False, seed=seed)
-    return DataBundle(train=train, test=test, input_dim=x.shape[1], test_x=test_x, test_labels=test_labels)
+        test_tensors = (test_x, test_labels) if with_labels else (test_x,)
+        test = dgdata.TensorBatches(*test_tensors, batch_size=1000 if flatten else 250, shuffle=False, seed=seed)
+    return DataBundle(train=train, test=test, input_dim=x[0].numel(), test_x=test_x, test_labels=test_labels)
 
 
 def _torus_data(cfg: dict[str, Any], seed: int) -> DataBundle:
@@ -185,6 +205,20 @@ def _mse(cfg: dict[str, Any]) -> Objective:
     return lambda model, batch: reconstruction_mse(model, _first(batch))
 
 
+def _nll(cfg: dict[str, Any]) -> Objective:
+    conditional = cfg.pop("conditional", False)
+    if not isinstance(conditional, bool):
+        raise ConfigError(f"objective.conditional must be true or false, got {conditional!r}")
+    if conditional:
+        def conditional_nll(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> Any:
+            if len(batch) < 2:
+                raise ConfigError("objective.conditional = true needs the labels in the batches: set "
+                                  "data.labels = true")
+            return exact_nll(model, batch[0], batch[1])
+        return conditional_nll
+    return lambda model, batch: exact_nll(model, _first(batch))
+
+
 def _check_kl(kl: str) -> None:
     if kl not in KL_ESTIMATORS:
         raise ConfigError(f"objective.kl must be one of {', '.join(KL_ESTIMATORS)}, got {kl!r}")
@@ -194,6 +228,7 @@ OBJECTIVES: dict[str, Callable[[dict[str, Any]], Objective]] = {
     "elbo": _elbo,
     "pset_mse_kl": _pset,
     "reconstruction_mse": _mse,
+    "nll": _nll,
 }
 
 

@@ -244,6 +244,26 @@ def reconstruction_mse(model: torch.nn.Module, x: Tensor) -> LossTerms:
                                                             "mse": "squared error per dimension"})
 
 
+class DensityModel(Protocol):
+    """A model with an exact log-likelihood (autoregressive models, flows): ``log_prob(x[, y]) -> [B]`` nats."""
+
+    def log_prob(self, x: Tensor, *args: Tensor) -> Tensor: ...
+
+
+def exact_nll(model: DensityModel, x: Tensor, y: Tensor | None = None) -> LossTerms:
+    r"""The negative log-likelihood of a density model with an exact likelihood, per example, in nats.
+
+    For an autoregressive model, :math:`-\log p_\theta(x) = -\sum_{i=1}^{D} \log p_\theta(x_i \mid x_{<i})`,
+    which for binary data is the summed binary cross-entropy of the model's conditionals (problem set 2,
+    problem 1). ``y`` (class labels ``[B]``) is passed to class-conditional models:
+    :math:`-\log p_\theta(x \mid y)`. Also logs ``bits_per_dim`` = nll / (D ln 2)."""
+    log_prob = model.log_prob(x) if y is None else model.log_prob(x, y)
+    nll = -log_prob
+    dims = x[0].numel()
+    return LossTerms(loss=nll, terms={"nll": nll, "bits_per_dim": nll / (dims * math.log(2.0))},
+                     units={"loss": "nats", "nll": "nats", "bits_per_dim": "bits per dimension"})
+
+
 @torch.no_grad()
 def importance_weighted_bound(
     model: LatentVariableModel, x: Tensor, num_samples: int = 5000, chunk_size: int = 500

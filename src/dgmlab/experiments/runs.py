@@ -122,23 +122,38 @@ def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto")
     return results
 
 
-def sample_run(run_dir: str | Path, n: int = 64, seed: int = 0, out: str | Path | None = None) -> Path:
-    """Save a grid of ``n`` samples of a trained run's model as a PNG; returns its path."""
+def sample_run(run_dir: str | Path, n: int = 64, seed: int = 0, out: str | Path | None = None,
+               label: int | None = None) -> Path:
+    """Save a grid of ``n`` samples of a trained run's model as a PNG; returns its path.
+
+    For a class-conditional model, ``label`` picks the class; without it the grid cycles through the classes
+    (row by row). An unconditional model given a ``label`` is an error."""
     run_dir = Path(run_dir)
     model, config = load_run(run_dir)
     if not hasattr(model, "sample"):
         raise ConfigError(f"model {config['model']['name']!r} cannot sample (it has no prior); "
-                          f"train a VAE to draw samples")
+                          f"train a VAE or a density model to draw samples")
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
     generator = torch.Generator().manual_seed(seed)
-    images = model.sample(n, generator=generator).cpu()
-    side = int(round(images.shape[-1] ** 0.5))
     nrow = int(round(n**0.5)) or 1
-    fig = plots.image_grid(images.reshape(n, side, side), nrow=nrow,
-                           title=f"{n} samples from the prior, {config.get('name', run_dir.name)}")
+    name = config.get("name", run_dir.name)
+    if num_classes:
+        if label is not None and not 0 <= label < num_classes:
+            raise ConfigError(f"--class must be in 0..{num_classes - 1} for this model, got {label}")
+        labels = (torch.full((n,), label, dtype=torch.long) if label is not None
+                  else torch.arange(n) // max(1, -(-n // num_classes)) % num_classes)
+        images = model.sample(n, y=labels, generator=generator).cpu()
+        title = f"{n} samples of class {label}, {name}" if label is not None else f"{n} samples, classes 0-9, {name}"
+    else:
+        if label is not None:
+            raise ConfigError(f"model {config['model']['name']!r} is not class-conditional; drop --class")
+        images = model.sample(n, generator=generator).cpu()
+        title = f"{n} samples from the model, {name}"
+    side = int(round(images[0].numel() ** 0.5))
+    fig = plots.image_grid(images.reshape(n, side, side).float(), nrow=nrow, title=title)
     return plots.save_figure(fig, Path(out) if out is not None else run_dir / "samples.png")
 
 
-@torch.no_grad()
 def write_figures(model: nn.Module, data: DataBundle, run_dir: str | Path) -> list[Path]:
     """The standard figures of a trained image model: loss curves, reconstructions, latent codes, and for a
     VAE samples from the prior; the 2-D latent manifold when the code is 2-D. Returns the PNG paths."""
