@@ -23,3 +23,11 @@ def test_readme_names_the_two_setup_commands_and_ci_runs_the_test_one():
     assert "make demo" in text and "make test" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_readme_images_exist():
+    text = README.read_text()
+    images = re.findall(r'<img src="([^"]+)"', text) + re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert images, "the README shows no picture from the report"
+    for image in images:
+        assert (README.parent / image).read_bytes()[:4] == b"\x89PNG", image

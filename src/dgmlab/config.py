@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dgmlab import data as dgdata
-from dgmlab.models import build_model
+from dgmlab.models import INPUT_DIM_ARGUMENT, build_model
 from dgmlab.objectives import (
     KL_ESTIMATORS,
     Objective,
@@ -252,8 +252,8 @@ def build_model_from_config(config: Mapping[str, Any], input_dim: int | None = N
     name = cfg.pop("name", None)
     if name is None:
         raise ConfigError("[model] needs a name, e.g. name = \"vae\"")
-    if input_dim is not None and name in ("ae", "vae", "point_vae"):
-        cfg.setdefault("input_dim", input_dim)
+    if input_dim is not None and name in INPUT_DIM_ARGUMENT:
+        cfg.setdefault(INPUT_DIM_ARGUMENT[name], input_dim)
     return build_model(name, **cfg)
 
 

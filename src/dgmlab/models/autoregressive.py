@@ -240,11 +240,11 @@ class AutoregressiveBinaryModel(nn.Module):
         """
         u = self._noise(n, generator)
         with self._evaluation_mode():
-            return self._sample_incremental(u) if incremental else self._sample_naive(u, self.forward, self.order)
+            return self._sample_incremental(u) if incremental else self._sample_naive(u, self, self.order)
 
     @staticmethod
     def _sample_naive(u: Tensor, logits_of: Callable[[Tensor], Tensor], order: Tensor) -> Tensor:
-        """Reference sampler: one full pass ``logits_of(x)`` per step, ``D`` passes in all."""
+        """Reference sampler: one full pass ``logits_of(x)`` (through ``__call__``, so hooks run) per step."""
         x = torch.zeros_like(u)
         for step, variable in enumerate(order.tolist()):
             logit = logits_of(x)[:, variable]
@@ -384,7 +384,7 @@ class MADE(AutoregressiveBinaryModel):
 
     ``MADE(D, hidden_dims, num_masks=1, order="natural", seed=0)``: layers ``D -> hidden_dims[0] -> ... ->
     D`` (``nn.Linear`` each, so ``MADE(784, [1024])`` has 1,607,440 parameters, ``MADE(784, [500, 500])``
-    1,037,784). The masks are built from ``seed`` alone (a private generator, the global RNG is untouched)
+    1,035,784). The masks are built from ``seed`` alone (a private generator, the global RNG is untouched)
     and stored as buffers ``mask_0 ... mask_L`` ``[K, out, in]`` (bool), with the orderings ``orders [K, D]``
     and hidden degrees ``degrees_1 ... degrees_L`` ``[K, H_l]``, so they are saved with the state dict.
 
@@ -411,7 +411,8 @@ class MADE(AutoregressiveBinaryModel):
             raise ModelConfigError(f"MADE: seed must be an integer, got {seed!r}")
         self.hidden_dims, self.order_kind, self.seed = dims, order, seed
         widths = [num_inputs, *dims, num_inputs]
-        self.layers = nn.ModuleList(nn.Linear(fan_in, fan_out) for fan_in, fan_out in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(fan_in, fan_out) for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True))
         orders, degrees, masks = self._build_masks(num_inputs, dims, self.num_masks, order, seed)
         self.register_buffer("orders", orders)
         for l, layer_degrees in enumerate(degrees, start=1):
@@ -542,7 +543,7 @@ class MADE(AutoregressiveBinaryModel):
     def _sample_component(self, u: Tensor, mask_index: int, incremental: bool) -> Tensor:
         order = self.orders[mask_index]
         if not incremental:
-            return self._sample_naive(u, lambda x: self.forward(x, mask_index), order)
+            return self._sample_naive(u, lambda x: self(x, mask_index), order)
         weights = [layer.weight * mask for layer, mask in zip(self.layers, self.masks(mask_index), strict=True)]
         biases = [layer.bias for layer in self.layers]
         # units_at[l][m]: the hidden units of layer l with degree m (final once m variables are set)
