@@ -149,6 +149,17 @@ def test_resume_with_a_weight_average_is_bit_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "raw.")))
 
 
+def test_time_limit_is_a_budget_no_epoch_ends_past_it(monkeypatch):
+    # a fake clock: every epoch takes exactly 10 s, so the budget of 25 s fits two epochs (20 s), not three
+    import dgmlab.train as train_module
+
+    clock = iter(range(0, 10_000, 10))  # two readings per epoch
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    train, _ = make_data()
+    history = fit(make_model(), elbo, train, settings=quiet(epochs=10, time_limit=25))
+    assert [r["seconds"] for r in history.records] == [10.0, 10.0]  # a third would end at 30 s
+
+
 def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     train, test = make_data()
     fit(make_model(), elbo, train, test, quiet(epochs=1), run_dir=tmp_path)

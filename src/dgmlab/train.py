@@ -67,7 +67,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     lr_decay: float = 1.0  # multiplies the learning rate after every epoch (1.0: constant)
     max_steps: int | None = None
-    time_limit: float | None = None  # seconds; no epoch starts after this much training time
+    time_limit: float | None = None  # seconds of training; no epoch starts that would end past it (a budget)
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -326,7 +326,8 @@ def fit(
         record["units"] = dict(getattr(out, "units", {}))
         record["seconds"] = round(time.perf_counter() - started, 3)
         training_seconds += record["seconds"]
-        if settings.time_limit is not None and training_seconds >= settings.time_limit:
+        # a budget: stop when the next epoch, if it takes as long as this one, would end past the limit
+        if settings.time_limit is not None and training_seconds + record["seconds"] > settings.time_limit:
             stopped = True
         history.records.append(record)
         if settings.progress:
