@@ -523,3 +523,92 @@ def test_library_never_touches_pyplot():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# autoregressive image models: receptive fields, per-pixel NLL, completions
+# ----------------------------------------------------------------------------------------------------
+def test_receptive_field_map_categories_counts_and_target():
+    earlier = (np.arange(49) < 4 * 7 + 3).reshape(7, 7)  # every pixel before (4, 3)
+    blind = earlier.copy()
+    blind[3, 5:] = False  # a blind spot above-right
+    figure = plots.receptive_field_map({"PixelCNN": torch.from_numpy(blind), "Gated PixelCNN": earlier}, (4, 3))
+    pixel_ax, gated_ax = figure.axes
+    assert "row 4, column 3" in figure.get_suptitle()
+    assert pixel_ax.get_title() == "PixelCNN\nreads 29 of 31 earlier pixels"
+    assert gated_ax.get_title() == "Gated PixelCNN\nreads 31 of 31 earlier pixels"
+    assert pixel_ax.get_xlabel() == "column" and pixel_ax.get_ylabel() == "row"
+    categories = pixel_ax.get_images()[0].get_array()
+    assert categories[3, 5] == 1 and categories[3, 4] == 0 and categories[4, 3] == 2 and categories[6, 0] == 2
+    (target,) = pixel_ax.get_lines()
+    assert (target.get_xdata()[0], target.get_ydata()[0]) == (3, 4) and target.get_marker() == "*"
+    legend_texts = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "earlier, not read (blind spot or beyond reach)" in legend_texts and "target" in legend_texts
+
+
+def test_receptive_field_map_flags_a_non_autoregressive_map_and_bad_inputs():
+    leaky = np.ones((5, 5))  # gradient magnitudes: reads everything, the target included
+    figure = plots.receptive_field_map({"leaky": leaky}, (2, 2))
+    assert figure.axes[0].get_title().endswith("13 at/after the target!")
+    assert figure.axes[0].get_images()[0].get_array()[2, 2] == 3
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plots.receptive_field_map({}, (0, 0))
+    with pytest.raises(ValueError, match=r"outside maps\['leaky'\] of shape 5x5"):
+        plots.receptive_field_map({"leaky": leaky}, (5, 0))
+    with pytest.raises(ValueError, match=r"one map of shape \[H, W\]"):
+        plots.receptive_field_map({"batch": np.ones((2, 5, 5))}, (0, 0))
+    with pytest.raises(ValueError, match="pair of integers"):
+        plots.receptive_field_map({"leaky": leaky}, (1.5, 0))
+
+
+def test_pixel_nll_heatmap_colour_bar_and_total():
+    nll = torch.full((1, 4, 6), 0.25)
+    nll[0, 0, 0] = 0.693
+    figure = plots.pixel_nll_heatmap(nll, title="PixelCNN, test digit")
+    ax, colour_bar = figure.axes
+    assert colour_bar.get_ylabel() == "nats"
+    total = 23 * 0.25 + 0.693
+    assert ax.get_title().startswith(f"PixelCNN, test digit\ntotal {total:.2f} nats per image")
+    assert f"({total / (24 * math.log(2)):.3f} bits/dim)" in ax.get_title()
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), nll[0].numpy())
+    assert ax.get_xlabel() == "column" and ax.get_ylabel() == "row"
+    with pytest.raises(ValueError, match="pass -log p, not log p"):
+        plots.pixel_nll_heatmap(-nll)
+    with pytest.raises(ValueError, match=r"average over the images first"):
+        plots.pixel_nll_heatmap(torch.rand(3, 4, 6))
+
+
+def test_completions_rows_line_and_grey_unknown_part():
+    originals = (torch.rand(3, 1, 6, 6) > 0.5).float()
+    completed = originals.unsqueeze(0).repeat(2, 1, 1, 1, 1)  # [s=2, n=3, 1, 6, 6]
+    completed[:, :, :, 4:] = 1 - completed[:, :, :, 4:]
+    figure = plots.completions(originals, completed, known_rows=4, title="PixelCNN completions")
+    assert len(figure.axes) == 4 * 3
+    assert [figure.axes[3 * row].get_ylabel() for row in range(4)] == [
+        "original",
+        "given (4 rows)",
+        "completion 1",
+        "completion 2",
+    ]
+    assert "first 4 of 6 rows given" in figure.get_suptitle() and "2 completions per image" in figure.get_suptitle()
+    for ax in figure.axes:
+        (line,) = ax.get_lines()
+        np.testing.assert_allclose(line.get_ydata(), [3.5, 3.5])  # between row 3 (given) and row 4
+    given = figure.axes[3].get_images()[0].get_array()
+    np.testing.assert_allclose(given[:4], originals[0, 0, :4].numpy())
+    np.testing.assert_allclose(given[4:], 0.5)
+    # one completion per image, [n, 1, H, W]
+    figure = plots.completions(originals, completed[0], known_rows=4)
+    assert len(figure.axes) == 3 * 3 and "1 completion per image" in figure.get_suptitle()
+
+
+def test_completions_bad_inputs():
+    originals = (torch.rand(2, 6, 6) > 0.5).float()
+    with pytest.raises(ValueError, match=r"differs from originals in the first 3 \(given\) rows"):
+        plots.completions(originals, 1 - originals, known_rows=3)
+    with pytest.raises(ValueError, match=r"n, H, W = 2, 6, 6"):
+        plots.completions(originals, torch.rand(3, 6, 6), known_rows=0)
+    with pytest.raises(ValueError, match=r"known_rows must be an integer in 0..6"):
+        plots.completions(originals, originals, known_rows=7)
+    with pytest.raises(ValueError, match="sigmoid"):
+        plots.completions(originals, originals * 5 - 2, known_rows=0)
