@@ -143,7 +143,8 @@ def sample_run(run_dir: str | Path, n: int = 64, seed: int = 0, out: str | Path 
         labels = (torch.full((n,), label, dtype=torch.long) if label is not None
                   else torch.arange(n) // max(1, -(-n // num_classes)) % num_classes)
         images = model.sample(n, y=labels, generator=generator).cpu()
-        title = f"{n} samples of class {label}, {name}" if label is not None else f"{n} samples, classes 0-9, {name}"
+        title = (f"{n} samples of class {label}, {name}" if label is not None
+                 else f"{n} samples, classes 0-{num_classes - 1}, {name}")
     else:
         if label is not None:
             raise ConfigError(f"model {config['model']['name']!r} is not class-conditional; drop --class")
@@ -163,6 +164,8 @@ def write_figures(model: nn.Module, data: DataBundle, run_dir: str | Path) -> li
     if history:
         written.append(plots.save_figure(plots.loss_curves(history, title=f"Loss per epoch, {run_dir.name}"),
                                          run_dir / "loss_curves.png"))
+    if data.kind == "images" and data.test_x is not None and hasattr(model, "log_prob") and hasattr(model, "sample"):
+        return written + density_figures(model, data, run_dir)
     if data.kind != "images" or data.test_x is None or not isinstance(model, (AE, VAE)):
         return written
     model.eval()
@@ -200,6 +203,53 @@ def write_figures(model: nn.Module, data: DataBundle, run_dir: str | Path) -> li
         samples = model.sample(64, generator=generator).cpu().reshape(64, side, side)
         written.append(plots.save_figure(plots.image_grid(samples, nrow=8, title="64 samples from the prior"),
                                          run_dir / "samples.png"))
+    return written
+
+
+@torch.no_grad()
+def density_figures(model: nn.Module, data: DataBundle, run_dir: Path, count: int = 16,
+                    test_images: int = 500) -> list[Path]:
+    """Figures of a trained density model (``log_prob`` and ``sample``): samples (per class for a conditional
+    model), the per-pixel NLL of test images as a heat map, and for an image model completions of test digits
+    from their top half. Sampling runs in evaluation mode; returns the PNG paths."""
+    model.eval()
+    device = next(model.parameters()).device
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = data.test_x[:test_images].to(device)
+    y = data.test_labels[: len(x)].to(device) if num_classes and data.test_labels is not None else None
+    side = int(round(x[0].numel() ** 0.5))
+    written = []
+    if num_classes:
+        labels = torch.arange(num_classes, device=device).repeat_interleave(2)
+        samples = model.sample(len(labels), y=labels, generator=generator)
+        title = f"Samples, two per class (0-{num_classes - 1}, row by row)"
+    else:
+        samples = model.sample(count, generator=generator)
+        title = f"{count} samples from the model"
+    written.append(plots.save_figure(plots.image_grid(samples.cpu().reshape(-1, side, side).float(),
+                                                      nrow=num_classes or int(count**0.5), title=title),
+                                     run_dir / "samples.png"))
+    if hasattr(model, "log_prob_per_pixel"):
+        per_pixel = -(model.log_prob_per_pixel(x) if y is None else model.log_prob_per_pixel(x, y)).mean(0)
+    else:  # an MLP over flattened images: the per-variable terms of log p(x), -BCE of each conditional
+        masks = int(getattr(model, "num_masks", 1))
+        # a mixture of K masks has no per-pixel decomposition; show its first component's
+        logits = model(x, mask_index=0) if masks > 1 else model(x)
+        per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").mean(0)
+    which = f" (mask 0 of the {masks}-mask mixture)" if not hasattr(model, "log_prob_per_pixel") and masks > 1 else ""
+    written.append(plots.save_figure(
+        plots.pixel_nll_heatmap(per_pixel.cpu().reshape(side, side),
+                                title=f"Per-pixel NLL, mean over {len(x)} test images{which}"),
+        run_dir / "pixel_nll.png"))
+    if hasattr(model, "complete"):
+        originals = x[:8]
+        completed = torch.stack([model.complete(originals, side // 2, y=None if y is None else y[:8],
+                                                generator=generator) for _ in range(2)])
+        written.append(plots.save_figure(
+            plots.completions(originals.cpu(), completed.cpu(), side // 2,
+                              title="Test digits completed from their top half (two samples each)"),
+            run_dir / "completions.png"))
     return written
 
 
