@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -81,3 +82,20 @@ def test_pset1_rejects_a_bad_device(capsys):
     with pytest.raises(SystemExit):
         main(["pset1", "--device", "tpu"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_parallel_and_in_order_runs_agree(quick_run, tmp_path):
+    # the default on this CPU runs the parts in two processes; --workers 0 runs them in order here
+    parallel = json.loads((quick_run / "metrics.json").read_text())
+    assert parallel["workers"] == (2 if (os.cpu_count() or 1) >= 2 else 0)
+    assert main(["pset1", "--quick", "--out", str(tmp_path), "--no-progress", "--device", "cpu",
+                 "--workers", "0"]) == 0
+    in_order = json.loads((tmp_path / "metrics.json").read_text())
+    assert in_order["workers"] == 0
+    for key in ("ae", "vae_mc", "vae_analytic"):
+        for split in ("train", "test"):
+            assert in_order[key][split]["loss"] == pytest.approx(parallel[key][split]["loss"], rel=2e-3), (key, split)
+    assert in_order["kl_check"]["analytic_kl_nats"] == pytest.approx(parallel["kl_check"]["analytic_kl_nats"])
+    html = (tmp_path / "report.html").read_text()
+    assert [k for k in re.findall(r"<section id='(\w+)'>", html)] == ["ae", "vae_mc", "vae_analytic", "kl_check",
+                                                                      "torus"]

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     pset1.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     pset1.add_argument("--seed", type=_nonnegative_int, default=0)
     pset1.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pset1.add_argument("--workers", type=_nonnegative_int, default=None,
+                       help="processes for the MNIST experiments (default: 2 on a CPU, one thread each; "
+                            "0: all in order in this process)")
     return parser
 
 
@@ -153,7 +156,7 @@ def _pset1(args: argparse.Namespace) -> None:
     from dgmlab.experiments.pset1 import run_pset1
 
     report = run_pset1(out=args.out, quick=args.quick, device=args.device, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, workers=args.workers)
     print(f"report written to {report}")
 
 

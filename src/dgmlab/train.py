@@ -241,13 +241,15 @@ def fit(
     config: Mapping[str, Any] | None = None,
     resume: bool = False,
     description: str = "train",
+    bar_position: int | None = None,
 ) -> History:
     """Train ``model`` on ``objective`` with Adam; see the module docstring for what is written and when.
 
     ``objective(model, batch) -> LossTerms`` gets each batch as a tuple of tensors on the device and returns
     per-example terms; the trainer minimises the batch mean of ``LossTerms.loss``. ``train_batches`` is any
     re-iterable of batches (a :class:`dgmlab.data.TensorBatches`, a ``DataLoader``...); if it has
-    ``set_epoch``, it is called with the epoch number before each epoch. Returns the :class:`History`.
+    ``set_epoch``, it is called with the epoch number before each epoch. ``bar_position`` is the progress
+    bar's line (for runs in parallel processes). Returns the :class:`History`.
     """
     settings = settings or TrainSettings()
     settings.validate()
@@ -292,7 +294,7 @@ def fit(
         means = RunningMeans()
         lr = optimizer.param_groups[0]["lr"]
         bar = tqdm(train_batches, desc=f"{description} {epoch}/{settings.epochs}", leave=False,
-                   disable=not settings.progress, dynamic_ncols=True)
+                   disable=not settings.progress, dynamic_ncols=True, position=bar_position)
         stopped = False
         for batch in bar:
             out = objective(model, _to_device(batch, device))
