@@ -342,14 +342,20 @@ def _worker_start(slots: Any) -> None:
     _SLOT = slots.get()
 
 
-def _run_part(key: str, out: Path, quick: bool, device: str, seed: int, progress: bool) -> Section:
-    """One MNIST experiment or the KL check, by key (what a worker process runs)."""
+def _run_part(key: str, out: Path, quick: bool, device: str, seed: int, progress: bool,
+              epochs_scale: float = 1.0) -> Section:
+    """One part of the problem set, by key (what a worker process runs)."""
     if key == "kl_check":
         return run_kl_check(out, quick, seed)
     if key == "torus":  # inside a worker process: its runs one after the other, not in a nested pool
         return run_torus_section(out, quick, device, seed, progress, workers=1)
     title, file = next((title, file) for k, title, file in EXPERIMENTS if k == key)
-    return run_mnist_experiment(key, title, file, out, quick, device, seed, progress, bar_position=_SLOT)
+    overrides = []
+    if epochs_scale != 1.0:
+        epochs = load_config(CONFIGS / file)["train"]["epochs"]
+        overrides.append(f"train.epochs={max(1, round(epochs * epochs_scale))}")
+    return run_mnist_experiment(key, title, file, out, quick, device, seed, progress, overrides=overrides,
+                                bar_position=_SLOT)
 
 
 def _torus_available() -> bool:
@@ -368,7 +374,8 @@ def _parallel_workers(device: str) -> int:
 
 
 def run_pset1(out: str | Path = "runs/pset1", quick: bool = False, device: str = "auto", seed: int = 0,
-              progress: bool = True, log: Callable[[str], None] = print, workers: int | None = None) -> Path:
+              progress: bool = True, log: Callable[[str], None] = print, workers: int | None = None,
+              epochs_scale: float = 1.0) -> Path:
     """Run every experiment of problem set 1 and write ``report.html`` and ``metrics.json``.
 
     Returns the path of the report. ``quick`` trains 3 epochs on a subset (a smoke test, under a minute).
@@ -376,6 +383,7 @@ def run_pset1(out: str | Path = "runs/pset1", quick: bool = False, device: str =
     with two or more cores, 0 elsewhere: everything in this process, in order), the 100-epoch VAE first, so
     the other parts share the second process meanwhile. The report keeps the problem set's order whatever
     finishes first; every number is the same as in order, up to float rounding of one vs several threads.
+    ``epochs_scale`` multiplies the MNIST experiments' epochs (at least 1; for shortened benchmark runs).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -396,7 +404,8 @@ def run_pset1(out: str | Path = "runs/pset1", quick: bool = False, device: str =
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start,
                                      initargs=(slots,)) as pool:
-                futures = {pool.submit(_run_part, key, out, quick, device, seed, progress): key for key in order}
+                futures = {pool.submit(_run_part, key, out, quick, device, seed, progress, epochs_scale): key
+                           for key in order}
                 for future in as_completed(futures):
                     section = future.result()
                     done[section.key] = section
@@ -406,7 +415,7 @@ def run_pset1(out: str | Path = "runs/pset1", quick: bool = False, device: str =
                           RuntimeWarning, stacklevel=2)
     for key in keys:
         if key not in done:
-            done[key] = section = _run_part(key, out, quick, device, seed, progress)
+            done[key] = section = _run_part(key, out, quick, device, seed, progress, epochs_scale)
             log(section.summary)
     sections = [done[key] for key in keys]
     if "torus" not in keys:
