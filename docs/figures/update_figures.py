@@ -2,7 +2,7 @@
 
 The notes show figures that dgmlab itself made. They come from one command, run from the repository root:
 
-    dgmlab pset1 --out runs/pset1                  # about an hour on 2 CPU cores
+    dgmlab pset1 --out runs/pset1                  # about 3 minutes on 2 CPU cores
     python docs/figures/update_figures.py runs/pset1
 
 The copies are committed, so building the site never trains a model. Rerun both commands after a change
