@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from notebook_helpers import (
+    assert_parameters_cell,
+    assert_stored_without_outputs,
+    execute,
+    text_of,
+)
 
 import dgmlab
 
@@ -22,7 +27,6 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pset1.ipynb"
 SECTIONS = ("## 0.", "## 1.", "## 2.", "## 3.", "## 4.")
-CELL_TIMEOUT = 240  # seconds per cell: generous, because the CPU may be shared
 QUICK_PARAMETERS = """\
 QUICK = True
 EPOCHS_SCALE = 1.0
@@ -34,51 +38,21 @@ PROGRESS = False
 """
 
 
-def _parameters_cell_index(notebook) -> int:
-    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1, f"expected exactly one cell tagged 'parameters', found {len(tagged)}"
-    return tagged[0]
-
-
-def _text_of(output) -> str:
-    if output.output_type == "stream":
-        return output.text
-    return output.get("data", {}).get("text/plain", "")
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """The notebook executed with quick settings in a fresh folder; returns (notebook, folder, seconds)."""
     work = tmp_path_factory.mktemp("notebook")
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    index = _parameters_cell_index(notebook)
-    notebook.cells[index].source = QUICK_PARAMETERS.format(out=str(work / "runs"))
-    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(work)}})
-    started = time.perf_counter()
-    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
-    seconds = time.perf_counter() - started
-    nbformat.write(notebook, work / "executed.ipynb")  # kept for inspection when a test fails
+    notebook, seconds = execute(NOTEBOOK, QUICK_PARAMETERS.format(out=str(work / "runs")), work)
     return notebook, work, seconds
 
 
 def test_committed_notebook_has_no_outputs():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"cell {index} has stored outputs: strip them before committing"
-            assert cell.execution_count is None, f"cell {index} has an execution count"
-    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_parameters_cell_is_near_the_top_and_sets_the_knobs():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    index = _parameters_cell_index(notebook)
-    assert index <= 2
-    source = notebook.cells[index].source
-    for name in ("QUICK", "EPOCHS_SCALE", "LIMIT", "OUT", "DEVICE", "SEED", "PROGRESS"):
-        assert re.search(rf"^{name} = ", source, flags=re.M), name
+    source = assert_parameters_cell(NOTEBOOK)
+    assert source
 
 
 def test_every_section_is_explained_in_markdown():
@@ -93,7 +67,7 @@ def test_notebook_runs_in_this_interpreter_without_errors(executed):
     notebook, work, seconds = executed
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
-    text = "\n".join(_text_of(output) for output in outputs)
+    text = "\n".join(text_of(output) for output in outputs)
     assert f"(prefix {sys.prefix})" in text  # the kernel is this virtual environment's python
     assert f"from {Path(dgmlab.__file__).parent}" in text  # and imports this dgmlab
     for key in ("ae", "vae_mc", "vae_analytic"):
@@ -115,7 +89,7 @@ def test_every_section_shows_a_figure(executed):
 
 def test_numbers_are_printed_beside_the_reference(executed):
     notebook, _, _ = executed
-    text = "\n".join(_text_of(output) for cell in notebook.cells if cell.cell_type == "code"
+    text = "\n".join(text_of(output) for cell in notebook.cells if cell.cell_type == "code"
                      for output in cell.outputs)
     number = r"\d+\.\d+"
     for reference in ("0.0386", "0.05", "0.027"):

@@ -7,13 +7,17 @@ a temporary working directory.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from notebook_helpers import (
+    assert_parameters_cell,
+    assert_stored_without_outputs,
+    execute,
+    printed,
+)
 
 import dgmlab
 
@@ -23,7 +27,6 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pset2.ipynb"
 SECTIONS = ("## 0.", "## 1.", "## 2.", "## 3.", "## 4.")
-CELL_TIMEOUT = 240  # seconds per cell: generous, because the CPU may be shared
 QUICK_PARAMETERS = """\
 QUICK = True
 EPOCHS_SCALE = 1.0
@@ -36,59 +39,20 @@ PROGRESS = False
 NUMBER = r"\d+\.\d+"
 
 
-def _parameters_cell_index(notebook) -> int:
-    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1, f"expected exactly one cell tagged 'parameters', found {len(tagged)}"
-    return tagged[0]
-
-
-def _text_of(output) -> str:
-    if output.output_type == "stream":
-        return output.text
-    return output.get("data", {}).get("text/plain", "")
-
-
-def _printed(notebook) -> str:
-    return "\n".join(_text_of(output) for cell in notebook.cells if cell.cell_type == "code"
-                     for output in cell.outputs)
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """The notebook executed with quick settings in a fresh folder; returns (notebook, folder, seconds)."""
     work = tmp_path_factory.mktemp("notebook_pset2")
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    index = _parameters_cell_index(notebook)
-    notebook.cells[index].source = QUICK_PARAMETERS.format(out=str(work / "runs"))
-    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(work)}})
-    started = time.perf_counter()
-    # One OpenMP thread: sampling runs 784 steps of small convolutions, and with two threads on a shared,
-    # oversubscribed CPU every step waits for both to be scheduled (16 quick samples once took 223 s, not 0.5 s).
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    client.execute(env=environment)  # raises CellExecutionError, naming the cell, if any cell fails
-    seconds = time.perf_counter() - started
-    nbformat.write(notebook, work / "executed.ipynb")  # kept for inspection when a test fails
+    notebook, seconds = execute(NOTEBOOK, QUICK_PARAMETERS.format(out=str(work / "runs")), work, one_thread=True)
     return notebook, work, seconds
 
 
 def test_committed_notebook_has_no_outputs():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"cell {index} has stored outputs: strip them before committing"
-            assert cell.execution_count is None, f"cell {index} has an execution count"
-    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_parameters_cell_is_near_the_top_and_sets_the_knobs():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    index = _parameters_cell_index(notebook)
-    assert index <= 2
-    source = notebook.cells[index].source
-    for name in ("QUICK", "EPOCHS_SCALE", "LIMIT", "OUT", "DEVICE", "SEED", "PROGRESS"):
-        assert re.search(rf"^{name} = ", source, flags=re.M), name
+    source = assert_parameters_cell(NOTEBOOK)
     assert re.search(r"^QUICK = False", source, flags=re.M)  # the committed defaults are the problem set's
 
 
@@ -112,7 +76,7 @@ def test_notebook_runs_in_this_interpreter_without_errors(executed):
     notebook, work, seconds = executed
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
-    text = _printed(notebook)
+    text = printed(notebook)
     assert f"(prefix {sys.prefix})" in text  # the kernel is this virtual environment's python
     assert f"from {Path(dgmlab.__file__).parent}" in text  # and imports this dgmlab
     for key in ("pixelcnn", "pixelcnn_conditional"):
@@ -134,8 +98,8 @@ def test_every_section_shows_a_figure(executed):
     assert sum(figures.values()) >= 11, figures
 
 
-def test_data_masks_and_parameter_count_are_printed(executed):
-    text = _printed(executed[0])
+def test_data_masks_and_parameter_count_areprinted(executed):
+    text = printed(executed[0])
     assert "batch shapes [128, 1, 28, 28] and [128]" in text
     assert "pixel values [0.0, 1.0]" in text
     assert re.search(r"max \|NLL - summed BCE\| = \d\.\d\de-?\d+ nats over 16 images", text)
@@ -147,7 +111,7 @@ def test_data_masks_and_parameter_count_are_printed(executed):
 
 
 def test_nll_is_printed_in_nats_beside_the_reference(executed):
-    text = _printed(executed[0])
+    text = printed(executed[0])
     for reference in ("52.8 nats = 0.0673", "48.8 nats = 0.0623"):
         pattern = (rf"train NLL ({NUMBER}) nats per image = BCE ({NUMBER}) per pixel \(epoch mean, training mode\) "
                    rf"\| reference {re.escape(reference)} per pixel")
@@ -163,8 +127,8 @@ def test_nll_is_printed_in_nats_beside_the_reference(executed):
     assert [row[0] for row in summary] == ["pixelcnn", "pixelcnn_conditional"]
 
 
-def test_evaluations_and_map_illustration_are_printed(executed):
-    text = _printed(executed[0])
+def test_evaluations_and_map_illustration_areprinted(executed):
+    text = printed(executed[0])
     assert re.search(r"16 samples: pixel values \[0\.0, 1\.0\].* evaluation mode", text)
     assert re.search(rf"per-pixel NLL map over 256 test images: total {NUMBER} nats per image", text)
     assert re.search(r"PixelCNN \(problem set 2\): reads \d+ of the 406 earlier pixels, none later \(True\); on the "
