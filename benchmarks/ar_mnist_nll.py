@@ -25,7 +25,6 @@ forward pass per pixel.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -39,7 +38,7 @@ from torch import nn
 from dgmlab.data import TensorBatches, mnist_tensors
 from dgmlab.models import FVSBN, MADE, NADE, BengioNet, GatedPixelCNN, PixelCNN, count_parameters
 from dgmlab.objectives import exact_nll
-from dgmlab.train import TrainSettings, evaluate, fit, resolve_device
+from dgmlab.train import TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
 
 
 @dataclass
@@ -62,28 +61,6 @@ SPECS: dict[str, Spec] = {
                            "no MNIST number (pytorch-generative: 81.50, dynamic)"),
 }
 TARGETS = {"made": 88.0, "pixelcnn": 82.0}
-
-
-def epochs_in_budget(model: nn.Module, train: TensorBatches, seconds: float, probe_steps: int = 20) -> int:
-    """How many epochs fit in ``seconds`` here, timed on a throw-away copy of the model."""
-    probe = copy.deepcopy(model)
-    optimizer = torch.optim.Adam(probe.parameters())
-    batches = iter(TensorBatches(*train.tensors, batch_size=train.batch_size, seed=12345, transform=train.transform))
-    with torch.random.fork_rng(devices=[]):
-        for step in range(probe_steps + 3):
-            if step == 3:
-                if train.tensors[0].is_cuda:
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            (x,) = next(batches)
-            loss = exact_nll(probe, x).loss.mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    if train.tensors[0].is_cuda:
-        torch.cuda.synchronize()
-    per_epoch = (time.perf_counter() - started) / probe_steps * len(train)
-    return max(1, int(0.92 * seconds / per_epoch))  # margin for evaluation and bookkeeping
 
 
 def sampling_speed(model: nn.Module, name: str, device: torch.device, n: int) -> dict[str, float]:
@@ -116,7 +93,8 @@ def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, 
     torch.manual_seed(args.seed)
     model = spec.build().to(device)
     train = TensorBatches(x_train.to(device), batch_size=spec.batch_size, seed=args.seed, transform=transform)
-    epochs = args.epochs or epochs_in_budget(model, train, args.minutes * 60)
+    objective = lambda m, b: exact_nll(m, b[0])  # noqa: E731
+    epochs = args.epochs or epochs_in_budget(model, objective, train, args.minutes * 60, probe_steps=20)
     lr_decay = (1 / 20) ** (1 / max(epochs - 1, 1))
     print(f"{name}: {count_parameters(model):,} parameters, {epochs} epoch(s) in {args.minutes:g} min, "
           f"lr {spec.lr:g} -> {spec.lr / 20:g}", flush=True)
@@ -124,7 +102,7 @@ def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, 
                              time_limit=args.minutes * 60, progress=False, ema_decay=0.999)
     run_dir = args.out / name
     started = time.perf_counter()
-    history = fit(model, lambda m, b: exact_nll(m, b[0]), train, settings=settings, run_dir=run_dir,
+    history = fit(model, objective, train, settings=settings, run_dir=run_dir,
                   config={"benchmark": "ar_mnist_nll", "model": name, **{k: str(v) for k, v in vars(args).items()}})
     train_minutes = (time.perf_counter() - started) / 60
     test = TensorBatches(x_test.to(device), batch_size=500 if not spec.image else 100, shuffle=False)

@@ -32,7 +32,7 @@ from dgmlab.data import TensorBatches, mnist_tensors
 from dgmlab.evaluate import importance_weighted_nll
 from dgmlab.models import VAE, count_parameters
 from dgmlab.objectives import LossTerms, negative_elbo
-from dgmlab.train import TrainSettings, evaluate, fit, resolve_device
+from dgmlab.train import TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
 
 PUBLISHED = 86.76
 
@@ -55,28 +55,6 @@ class WarmupELBO:
         # -ELBO_beta = recon_nll + beta * KL
         out.loss = out.terms["recon_nll"] + beta * out.terms["kl"]
         return out
-
-
-def epochs_in_budget(model: VAE, train: TensorBatches, seconds: float, probe_steps: int = 60) -> int:
-    """How many epochs fit in ``seconds`` on this machine, from the time of ``probe_steps`` training steps
-    (on a throw-away copy of the model, so the run itself is unaffected)."""
-    import copy
-
-    probe = copy.deepcopy(model)
-    optimizer = torch.optim.Adam(probe.parameters())
-    batches = iter(TensorBatches(*train.tensors, batch_size=train.batch_size, seed=12345))
-    with torch.random.fork_rng():
-        for step in range(probe_steps + 5):
-            if step == 5:
-                started = time.perf_counter()
-            (x,) = next(batches)
-            loss = negative_elbo(probe, x).loss.mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    per_epoch = (time.perf_counter() - started) / probe_steps * len(train)
-    # 8% margin for the per-epoch bookkeeping and timing noise, so the learning-rate schedule runs to its end
-    return max(1, int(0.92 * seconds / per_epoch))
 
 
 def training_summary(run: Path, model: VAE) -> dict[str, object]:
@@ -143,7 +121,8 @@ def main() -> None:
     else:
         train = TensorBatches(x_train.to(device), batch_size=args.batch_size, seed=args.seed, transform=transform)
         model.init_output_bias(x_train.mean(0))
-        epochs = args.epochs or epochs_in_budget(model, train, args.minutes * 60)
+        epochs = args.epochs or epochs_in_budget(model, lambda m, b: negative_elbo(m, b[0]), train,
+                                                 args.minutes * 60, probe_steps=60)
         # lr decays exponentially from --lr to --lr-final over the planned epochs
         lr_decay = (args.lr_final / args.lr) ** (1 / max(epochs - 1, 1))
         print(f"training {epochs} epochs (budget {args.minutes} min), lr {args.lr:g} -> {args.lr_final:g}",

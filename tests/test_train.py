@@ -274,3 +274,20 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_epochs_in_budget_scales_with_the_budget_and_leaves_the_run_alone(monkeypatch):
+    # a fake clock read before and after the probe, 30 s apart: 30 probe steps take 1 s each, an epoch of 4
+    # batches 4 s, and a 100 s budget with the 0.92 margin fits int(92 / 4) = 23 epochs
+    import dgmlab.train as train_module
+
+    train, _ = make_data()  # 100 examples in batches of 32: 4 batches
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    clock = iter(range(0, 10_000, 30))
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    assert train_module.epochs_in_budget(model, elbo, train, seconds=100, probe_steps=30) == 23
+    assert train_module.epochs_in_budget(model, elbo, train, seconds=1) == 1  # at least one epoch
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # probed on a copy
+    assert torch.equal(torch.get_rng_state(), rng)

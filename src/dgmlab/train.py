@@ -224,6 +224,41 @@ def _set_epoch(batches: Any, epoch: int) -> None:
         setter(epoch)
 
 
+def epochs_in_budget(model: nn.Module, objective: Objective, train_batches: Any, seconds: float,
+                     probe_steps: int = 30, margin: float = 0.92) -> int:
+    """How many epochs of ``train_batches`` fit in ``seconds`` on this machine: the time of ``probe_steps`` Adam
+    steps (after 3 warm-up steps) on a throw-away copy of ``model``, under a forked RNG so the run itself is
+    unaffected, times the batches per epoch, with ``margin`` left for evaluation and bookkeeping. At least 1."""
+    import copy
+
+    device = next(model.parameters()).device
+    probe = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(probe.parameters())
+    batches = iter(train_batches)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for step in range(probe_steps + 3):
+            if step == 3:
+                synchronize()
+                started = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(train_batches)
+                batch = next(batches)
+            loss = objective(probe, _to_device(batch, device)).loss.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    synchronize()
+    per_epoch = (time.perf_counter() - started) / probe_steps * len(train_batches)
+    return max(1, int(margin * seconds / per_epoch))
+
+
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -277,8 +277,15 @@ class RasterScanModel(nn.Module):
     ``complete``. Subclasses provide ``_logits(x, one_hot)`` and the row cache used by fast sampling
     (``_start_cache``, ``_start_row``, ``_row_logits``)."""
 
-    num_classes: int
-    image_size: int
+    def __init__(self, channels: int, num_layers: int, kernel_size: int, hidden_kernel: int, num_classes: int,
+                 image_size: int) -> None:
+        """Validate and keep the architecture's numbers (what every raster-scan model here is built from)."""
+        super().__init__()
+        _check_common(type(self).__name__, channels, num_layers, kernel_size, hidden_kernel, num_classes,
+                      image_size)
+        self.channels, self.num_layers = channels, num_layers
+        self.kernel_size, self.hidden_kernel = kernel_size, hidden_kernel
+        self.num_classes, self.image_size = num_classes, image_size
 
     # -- inputs --------------------------------------------------------------------------------------------
     def _check_images(self, x: Any, name: str = "x") -> Tensor:
@@ -481,11 +488,7 @@ class PixelCNN(RasterScanModel):
         num_classes: int = 0,
         image_size: int = 28,
     ) -> None:
-        super().__init__()
-        _check_common("PixelCNN", channels, num_layers, kernel_size, hidden_kernel, num_classes, image_size)
-        self.channels, self.num_layers = channels, num_layers
-        self.kernel_size, self.hidden_kernel = kernel_size, hidden_kernel
-        self.num_classes, self.image_size = num_classes, image_size
+        super().__init__(channels, num_layers, kernel_size, hidden_kernel, num_classes, image_size)
         self.convs = nn.ModuleList(
             [MaskedConv2d(1, channels, kernel_size, "A")]
             + [MaskedConv2d(channels, channels, hidden_kernel, "B") for _ in range(num_layers - 1)]
@@ -597,11 +600,7 @@ class GatedPixelCNN(RasterScanModel):
         num_classes: int = 0,
         image_size: int = 28,
     ) -> None:
-        super().__init__()
-        _check_common("GatedPixelCNN", channels, num_layers, kernel_size, hidden_kernel, num_classes, image_size)
-        self.channels, self.num_layers = channels, num_layers
-        self.kernel_size, self.hidden_kernel = kernel_size, hidden_kernel
-        self.num_classes, self.image_size = num_classes, image_size
+        super().__init__(channels, num_layers, kernel_size, hidden_kernel, num_classes, image_size)
         # V^v, V^h start at zero, as in PixelCNN (see there): the untrained model is the unconditional one
         self.layers = nn.ModuleList(
             [GatedLayer(1, channels, kernel_size, first=True, num_classes=num_classes)]
