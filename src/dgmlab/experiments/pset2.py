@@ -49,6 +49,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmlab.config import ConfigError, DataBundle, apply_overrides, build_settings, load_config
+from dgmlab.evaluate import EvalMode as _EvalMode
+from dgmlab.evaluate import check_images as _check_images
+
+# the generic evaluations of image density models live in dgmlab.evaluate; re-exported for the notebook
+from dgmlab.evaluate import complete_images as complete_images
+from dgmlab.evaluate import device_of as _device_of
+from dgmlab.evaluate import mean_pixel_nll as mean_pixel_nll
+from dgmlab.evaluate import samples_per_class as samples_per_class
 from dgmlab.experiments.runs import prepare
 from dgmlab.train import History, fit
 
@@ -231,32 +239,6 @@ def comparison_lines(
 # ----------------------------------------------------------------------------------------------------------
 # Problem 1: NLL = summed BCE
 # ----------------------------------------------------------------------------------------------------------
-def _check_images(x: Any) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1 or not x.is_floating_point():
-        raise ValueError(f"x must be a float tensor of binary images [B, 1, H, W], got "
-                         f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    return x
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-class _EvalMode:
-    """Run a block with every submodule in evaluation mode, restoring each one's own mode afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.modes = {module: module.training for module in self.model.modules()}
-        return self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for module, training in self.modes.items():
-            module.training = training
-
-
 @torch.no_grad()
 def summed_bce(model: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
     r"""The problem set's loss summed over pixels: :math:`\sum_i \mathrm{BCE}(q_i, x_i)` in nats, ``[B]``.
@@ -297,73 +279,6 @@ def teacher_forced_reconstruction(
     noise = torch.rand(probabilities.shape, generator=generator, device=noise_device, dtype=probabilities.dtype)
     # x~_i = [u_i < q_i] ~ Bernoulli(q_i)
     return (noise.to(device) < probabilities).to(x.dtype).to(x.device)
-
-
-@torch.no_grad()
-def samples_per_class(
-    model: nn.Module, per_class: int, generator: torch.Generator | None = None, fast: bool = True
-) -> tuple[Tensor, Tensor]:
-    """``per_class`` samples of each class of a class-conditional model, class by class (problem 3(c): 6).
-
-    Returns ``(images, labels)``: binary ``[K * per_class, 1, H, W]`` and ``[K * per_class]``
-    (``0,..,0, 1,..,1, ...``), so ``plots.image_grid(images, nrow=per_class)`` shows one class per row.
-    :meth:`~dgmlab.models.pixelcnn.RasterScanModel.sample` runs in evaluation mode.
-    """
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
-    if num_classes == 0:
-        raise ValueError("samples_per_class needs a class-conditional model (num_classes > 0); use model.sample(n) "
-                         "for an unconditional one")
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    images = model.sample(len(labels), y=labels, generator=generator, fast=fast)
-    return images, labels
-
-
-@torch.no_grad()
-def complete_images(
-    model: nn.Module,
-    x: Tensor,
-    known_rows: int,
-    samples: int = 2,
-    y: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    fast: bool = True,
-) -> Tensor:
-    r"""``samples`` completions of each image from its first ``known_rows`` rows.
-
-    The rows below are drawn in raster order from the model, :math:`x_{\ge i}\sim p(\cdot\mid x_{<i})`.
-
-    Returns ``[samples, B, 1, H, W]`` on the model's device, rows ``< known_rows`` equal to ``x``'s; the input of
-    :func:`dgmlab.plots.completions`. Sampling runs in evaluation mode.
-    """
-    x = _check_images(x)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
-    x = x.to(_device_of(model))
-    return torch.stack([model.complete(x, known_rows, y=y, generator=generator, fast=fast) for _ in range(samples)])
-
-
-@torch.no_grad()
-def mean_pixel_nll(model: nn.Module, x: Tensor, y: Tensor | None = None, batch_size: int = 250) -> Tensor:
-    r"""The mean over images of :math:`-\log p(x_{rs}\mid x_{<rs})` in nats, ``[H, W]``, in evaluation mode.
-
-    Its sum is the mean NLL per image; the input of :func:`dgmlab.plots.pixel_nll_heatmap`. Returned on the CPU.
-    """
-    x = _check_images(x)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if len(x) == 0:
-        raise ValueError("x holds no images")
-    device = _device_of(model)
-    total = torch.zeros(x.shape[2:], dtype=torch.float64)
-    with _EvalMode(model):
-        for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size].to(device)
-            labels = None if y is None else y[start:start + batch_size]
-            per_pixel = model.log_prob_per_pixel(batch) if labels is None else model.log_prob_per_pixel(batch, labels)
-            total -= per_pixel.sum(0).double().cpu()
-    return (total / len(x)).float()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dgmlab.config import (
     build_settings,
     load_config,
 )
-from dgmlab.evaluate import importance_weighted_nll
+from dgmlab.evaluate import complete_images, importance_weighted_nll, mean_pixel_nll, samples_per_class
 from dgmlab.models import AE, VAE, count_parameters
 from dgmlab.objectives import negative_elbo
 from dgmlab.train import History, evaluate, fit, resolve_device
@@ -221,8 +221,7 @@ def density_figures(model: nn.Module, data: DataBundle, run_dir: Path, count: in
     side = int(round(x[0].numel() ** 0.5))
     written = []
     if num_classes:
-        labels = torch.arange(num_classes, device=device).repeat_interleave(2)
-        samples = model.sample(len(labels), y=labels, generator=generator)
+        samples, _ = samples_per_class(model, 2, generator=generator)
         title = f"Samples, two per class (0-{num_classes - 1}, row by row)"
     else:
         samples = model.sample(count, generator=generator)
@@ -230,22 +229,23 @@ def density_figures(model: nn.Module, data: DataBundle, run_dir: Path, count: in
     written.append(plots.save_figure(plots.image_grid(samples.cpu().reshape(-1, side, side).float(),
                                                       nrow=num_classes or int(count**0.5), title=title),
                                      run_dir / "samples.png"))
+    which = ""
     if hasattr(model, "log_prob_per_pixel"):
-        per_pixel = -(model.log_prob_per_pixel(x) if y is None else model.log_prob_per_pixel(x, y)).mean(0)
+        per_pixel = mean_pixel_nll(model, x, y)
     else:  # an MLP over flattened images: the per-variable terms of log p(x), -BCE of each conditional
         masks = int(getattr(model, "num_masks", 1))
         # a mixture of K masks has no per-pixel decomposition; show its first component's
         logits = model(x, mask_index=0) if masks > 1 else model(x)
         per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").mean(0)
-    which = f" (mask 0 of the {masks}-mask mixture)" if not hasattr(model, "log_prob_per_pixel") and masks > 1 else ""
+        which = f" (mask 0 of the {masks}-mask mixture)" if masks > 1 else ""
     written.append(plots.save_figure(
         plots.pixel_nll_heatmap(per_pixel.cpu().reshape(side, side),
                                 title=f"Per-pixel NLL, mean over {len(x)} test images{which}"),
         run_dir / "pixel_nll.png"))
     if hasattr(model, "complete"):
         originals = x[:8]
-        completed = torch.stack([model.complete(originals, side // 2, y=None if y is None else y[:8],
-                                                generator=generator) for _ in range(2)])
+        completed = complete_images(model, originals, side // 2, samples=2, y=None if y is None else y[:8],
+                                    generator=generator)
         written.append(plots.save_figure(
             plots.completions(originals.cpu(), completed.cpu(), side // 2,
                               title="Test digits completed from their top half (two samples each)"),
