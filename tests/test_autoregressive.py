@@ -22,7 +22,16 @@ MODELS = {
     "made_3_layers_random_order": lambda d: MADE(d, [32, 32, 32], order="random", seed=1),
     "made_4_masks_random_orders": lambda d: MADE(d, [40, 40], num_masks=4, order="random", seed=2),
     "made_3_masks_natural_order": lambda d: MADE(d, [40], num_masks=3, order="natural", seed=3),
+    "made_direct_gelu_2_masks": lambda d: _random_direct(
+        MADE(d, [32, 32], num_masks=2, order="random", seed=4, direct=True, activation="gelu")),
 }
+
+
+def _random_direct(model):
+    """The direct weights start at zero; give them values so that the tests see the direct path."""
+    with torch.no_grad():
+        model.direct.normal_(0, 0.5)
+    return model
 
 
 def build(name: str, d: int, seed: int = 0):
@@ -69,7 +78,7 @@ def test_jacobian_is_strictly_triangular_in_the_models_order(name):
         # not trivially zero: most allowed dependencies are present, and the last variable sees the past
         assert nonzero.float().mean() > 0.5
         assert (jacobian[order[-1]] != 0).any()
-        if not isinstance(model, MADE):  # dense connectivity: every earlier variable matters
+        if not isinstance(model, MADE) or model.direct is not None:  # dense: every earlier variable matters
             assert nonzero.all()
 
 
@@ -249,6 +258,8 @@ def test_sample_frequencies_match_the_model_probabilities(name):
         (lambda: MADE(5, [8], num_masks=0), "num_masks"),
         (lambda: MADE(5, [8], order="reversed"), "unknown order 'reversed'"),
         (lambda: MADE(5, [8], seed=1.5), "seed"),
+        (lambda: MADE(5, [8], direct="yes"), "direct must be true or false"),
+        (lambda: MADE(5, [8], activation="tanh"), "unknown activation 'tanh'; choose one of relu, gelu"),
     ],
 )
 def test_bad_constructor_arguments_say_what_is_wrong(factory, message):
@@ -304,3 +315,37 @@ def test_training_drives_the_nll_well_below_its_initial_value(name, target):
     # about 10 log 2 = 6.9 nats at initialisation; the data's entropy is 3.94 nats; seeded runs reach 4.05-4.11
     assert initial > 6.5
     assert final < target, f"NLL {final:.3f} nats (from {initial:.3f})"
+
+
+# -- MADE's direct connections and the output-bias initialisation -------------------------------------------
+def test_made_direct_connections_start_at_zero_and_follow_each_masks_ordering():
+    torch.manual_seed(0)
+    plain = MADE(9, [24, 24], num_masks=3, order="random", seed=6)
+    torch.manual_seed(0)
+    direct = MADE(9, [24, 24], num_masks=3, order="random", seed=6, direct=True)
+    x = torch.bernoulli(torch.full((5, 9), 0.5), generator=torch.Generator().manual_seed(1))
+    # A = 0 at initialisation: the same model as without direct connections, and D^2 more parameters
+    assert torch.equal(direct(x, mask_index=1), plain(x, mask_index=1))
+    extra = sum(p.numel() for p in direct.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 81
+    for k in range(3):
+        position = positions(direct.orders[k])
+        assert torch.equal(direct.mask_direct[k], position[:, None] > position[None, :])
+        assert direct.mask_direct[k].sum() == 9 * 8 // 2  # strictly triangular in the ordering
+    # the direct term is exactly (A * M^A) x: remove the hidden path's contribution and compare
+    with torch.no_grad():
+        direct.direct.normal_()
+    expected = plain(x, mask_index=2) + x @ (direct.direct * direct.mask_direct[2]).T
+    assert torch.allclose(direct(x, mask_index=2), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fvsbn", "bengio", "nade", "made", "made_direct_gelu_2_masks"])
+def test_init_output_bias_starts_training_at_the_independent_pixel_model(name):
+    torch.manual_seed(0)
+    model = MODELS[name](8)
+    mean = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0])
+    model.init_output_bias(mean)
+    bias = model._output_bias()
+    assert torch.allclose(torch.sigmoid(bias), mean.clamp(1e-3, 1 - 1e-3), atol=1e-6)
+    with pytest.raises(ValueError, match="expected 8 means"):
+        model.init_output_bias(torch.full((7,), 0.5))

@@ -86,6 +86,19 @@ By induction a hidden unit of degree :math:`m` depends only on the inputs of deg
 interval is empty; the hidden units then get degree 0, see no input, and the one output is a learned
 constant.)
 
+*Direct connections* (``direct=True``, an option of the paper, section 3.4 of Germain et al.): a masked
+linear map from the inputs straight to the logits is added,
+
+.. math:: \ell = (V \odot M^V)\, h^L + c + (A \odot M^A)\, x, \qquad
+    M^A_{d, d'} = \mathbb 1\big[m^0(d) > m^0(d')\big],
+
+an FVSBN term in the model's ordering (:math:`A` starts at zero, so training starts from the plain MADE).
+It keeps the Jacobian strictly triangular (same strict inequality as :math:`M^V`) and costs :math:`D^2`
+parameters. On MNIST it is the difference between a MADE that spends its hidden units on the
+near-linear pixel-to-neighbour correlations and one that can leave them to :math:`A`
+(``benchmarks/ar_mnist_nll.py``: about 12 nats after the same 7 minutes of training, see the README).
+``activation`` is ``"relu"`` (the paper's) or ``"gelu"``.
+
 *Connectivity-agnostic training and ensembles.* ``num_masks = K > 1`` holds :math:`K` mask sets (with
 ``order="random"`` each also draws its own ordering :math:`\pi_k`; with ``order="natural"`` only the hidden
 connectivity varies). In training mode, every ``forward`` / ``log_prob`` call without ``mask_index`` uses
@@ -137,6 +150,7 @@ from dgmlab.models.autoencoders import ModelConfigError
 from dgmlab.objectives import bernoulli_log_likelihood
 
 MADE_ORDERS: tuple[str, ...] = ("natural", "random")
+MADE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "gelu": F.gelu}
 MAX_ENUMERABLE_DIM = 24
 
 
@@ -214,6 +228,24 @@ class AutoregressiveBinaryModel(nn.Module):
         rows = self._as_binary_rows(x)
         return bernoulli_log_likelihood(rows, self.forward(rows))
 
+    @torch.no_grad()
+    def init_output_bias(self, data_mean: Tensor, eps: float = 1e-3) -> None:
+        """Set every output bias to :math:`\\operatorname{logit}(\\bar x_i)`, the logit of the data's mean.
+
+        ``data_mean`` ``[D]`` (or any shape with ``D`` values) in [0, 1], clamped to ``[eps, 1 - eps]``. With the
+        rest of the logit near zero at initialisation, training starts near the independent-pixel model instead
+        of :math:`p = 1/2` everywhere (about 543 nats on MNIST), as the VAE benchmark does for its decoder.
+        """
+        mean = torch.as_tensor(data_mean).reshape(-1)
+        if mean.numel() != self.num_inputs:
+            raise ValueError(f"{type(self).__name__}.init_output_bias: expected {self.num_inputs} means (one per "
+                             f"variable), got {mean.numel()}")
+        bias = self._output_bias()
+        bias.copy_(torch.logit(mean.clamp(eps, 1 - eps)).to(bias))
+
+    def _output_bias(self) -> Tensor:
+        raise NotImplementedError
+
     # -- sampling -------------------------------------------------------------------------------------------
     @contextmanager
     def _evaluation_mode(self) -> Iterator[None]:
@@ -276,6 +308,9 @@ class FVSBN(AutoregressiveBinaryModel):
         x = self._as_rows(x)
         return F.linear(x, self.weight * self.mask, self.bias)
 
+    def _output_bias(self) -> Tensor:
+        return self.bias
+
     def _sample_incremental(self, u: Tensor) -> Tensor:
         weight = self.weight * self.mask
         x = torch.zeros_like(u)
@@ -320,6 +355,9 @@ class BengioNet(AutoregressiveBinaryModel):
     def forward(self, x: Tensor) -> Tensor:
         """Logits :math:`\\ell_i = b_i + \\sum_{j \\le i} w_{i,j}^\\top h_j`: ``[B, D] -> [B, D]``."""
         return F.linear(self.hidden(x), self.w * self.mask_out, self.b)
+
+    def _output_bias(self) -> Tensor:
+        return self.b
 
     def _sample_incremental(self, u: Tensor) -> Tensor:
         v, w = self.v * self.mask_in, self.w * self.mask_out
@@ -368,6 +406,9 @@ class NADE(AutoregressiveBinaryModel):
         h = torch.sigmoid(self.pre_activations(x))
         return self.b + (h * self.V).sum(dim=-1)
 
+    def _output_bias(self) -> Tensor:
+        return self.b
+
     def _sample_incremental(self, u: Tensor) -> Tensor:
         x = torch.zeros_like(u)
         a = self.c.expand(u.shape[0], self.hidden).clone()
@@ -387,6 +428,8 @@ class MADE(AutoregressiveBinaryModel):
     1,035,784). The masks are built from ``seed`` alone (a private generator, the global RNG is untouched)
     and stored as buffers ``mask_0 ... mask_L`` ``[K, out, in]`` (bool), with the orderings ``orders [K, D]``
     and hidden degrees ``degrees_1 ... degrees_L`` ``[K, H_l]``, so they are saved with the state dict.
+    ``direct=True`` adds the masked input-to-output matrix ``direct`` ``[D, D]`` (+D^2 parameters, mask buffer
+    ``mask_direct [K, D, D]``); ``activation`` is ``"relu"`` or ``"gelu"``.
 
     ``mask_index=None`` means: in training mode, the next mask in turn (the counter ``current_mask``
     advances by one per ``forward``/``log_prob`` call); in evaluation mode, ``log_prob`` and ``sample`` use
@@ -395,7 +438,7 @@ class MADE(AutoregressiveBinaryModel):
     """
 
     def __init__(self, num_inputs: int, hidden_dims: Sequence[int], num_masks: int = 1, order: str = "natural",
-                 seed: int = 0) -> None:
+                 seed: int = 0, direct: bool = False, activation: str = "relu") -> None:
         super().__init__()
         self.num_inputs = _check_positive_int(num_inputs, "num_inputs (the number of binary variables D)", "MADE")
         dims = list(hidden_dims) if isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str) else None
@@ -409,7 +452,15 @@ class MADE(AutoregressiveBinaryModel):
                                    f"(a new random ordering for every mask)")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ModelConfigError(f"MADE: seed must be an integer, got {seed!r}")
+        if not isinstance(direct, bool):
+            raise ModelConfigError(f"MADE: direct must be true or false (add masked input-to-output connections), "
+                                   f"got {direct!r}")
+        if activation not in MADE_ACTIVATIONS:
+            raise ModelConfigError(f"MADE: unknown activation {activation!r}; choose one of "
+                                   f"{', '.join(MADE_ACTIVATIONS)}")
         self.hidden_dims, self.order_kind, self.seed = dims, order, seed
+        self.activation = activation
+        self._act = MADE_ACTIVATIONS[activation]
         widths = [num_inputs, *dims, num_inputs]
         self.layers = nn.ModuleList(
             nn.Linear(fan_in, fan_out) for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True))
@@ -420,6 +471,12 @@ class MADE(AutoregressiveBinaryModel):
         for l, mask in enumerate(masks):
             self.register_buffer(f"mask_{l}", mask)
         self.register_buffer("current_mask", torch.zeros((), dtype=torch.long))
+        # A, the direct input-to-output weights (D^2 parameters), starts at zero: the plain MADE
+        self.direct = nn.Parameter(torch.zeros(num_inputs, num_inputs)) if direct else None
+        if direct:
+            # M^A_{d, d'} = 1[m^0(d) > m^0(d')] for every mask's ordering, [K, D, D]
+            positions = torch.argsort(orders, dim=1)
+            self.register_buffer("mask_direct", positions[:, :, None] > positions[:, None, :])
 
     @staticmethod
     def _build_masks(num_inputs: int, hidden_dims: list[int], num_masks: int, order: str,
@@ -445,6 +502,9 @@ class MADE(AutoregressiveBinaryModel):
             masks[-1].append(input_degrees[:, None] > previous[None, :])
             orders.append(pi)
         return torch.stack(orders), [torch.stack(d) for d in degrees], [torch.stack(m) for m in masks]
+
+    def _output_bias(self) -> Tensor:
+        return self.layers[-1].bias
 
     # -- masks ----------------------------------------------------------------------------------------------
     @property
@@ -477,7 +537,8 @@ class MADE(AutoregressiveBinaryModel):
     def forward(self, x: Tensor, mask_index: int | None = None) -> Tensor:
         """Logits of one mask: ``[B, D] -> [B, D]``.
 
-        :math:`h^l = \\mathrm{relu}((W^l \\odot M^{W^l}) h^{l-1} + b^l)`, :math:`\\ell = (V \\odot M^V) h^L + c`.
+        :math:`h^l = \\mathrm{act}((W^l \\odot M^{W^l}) h^{l-1} + b^l)`,
+        :math:`\\ell = (V \\odot M^V) h^L + c\\; [+ (A \\odot M^A) x]`.
         ``mask_index=None``: the next mask in training mode (and advance), ``current_mask`` in eval mode.
         """
         x = self._as_rows(x)
@@ -486,7 +547,9 @@ class MADE(AutoregressiveBinaryModel):
         for l, (layer, mask) in enumerate(zip(self.layers, self.masks(index), strict=True)):
             h = F.linear(h, layer.weight * mask, layer.bias)
             if l < len(self.layers) - 1:
-                h = torch.relu(h)
+                h = self._act(h)
+        if self.direct is not None:
+            h = h + F.linear(x, self.direct * self.mask_direct[index])
         return h
 
     def log_prob_per_mask(self, x: Tensor) -> Tensor:
@@ -546,6 +609,7 @@ class MADE(AutoregressiveBinaryModel):
             return self._sample_naive(u, lambda x: self(x, mask_index), order)
         weights = [layer.weight * mask for layer, mask in zip(self.layers, self.masks(mask_index), strict=True)]
         biases = [layer.bias for layer in self.layers]
+        direct = None if self.direct is None else self.direct * self.mask_direct[mask_index]
         # units_at[l][m]: the hidden units of layer l with degree m (final once m variables are set)
         units_at = []
         for degrees in self.hidden_degrees(mask_index):
@@ -559,10 +623,12 @@ class MADE(AutoregressiveBinaryModel):
                 new = units[step]
                 if new.numel():
                     # units of degree `step` see only units (or inputs) of degree <= step: all final now
-                    hidden[l][:, new] = torch.relu(F.linear(below, weights[l][new], biases[l][new]))
+                    hidden[l][:, new] = self._act(F.linear(below, weights[l][new], biases[l][new]))
                 below = hidden[l]
             # only the output unit of the variable drawn at this step
             logit = below @ weights[-1][variable] + biases[-1][variable]
+            if direct is not None:
+                logit = logit + x @ direct[variable]
             x[:, variable] = (u[:, step] < torch.sigmoid(logit)).to(x.dtype)
         return x
 
