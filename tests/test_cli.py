@@ -267,3 +267,27 @@ def test_conditional_objective_without_labels_is_a_clear_error(tmp_path, capsys)
     code, _, err = run_main(["train", "--config", config, "--out", tmp_path / "run"], capsys)
     assert code == 2
     assert "needs the labels in the batches: set data.labels = true" in err
+
+
+def test_init_output_bias_key_starts_the_model_at_the_data_mean(tmp_path, capsys):
+    from dgmlab.experiments.runs import prepare
+
+    config = load_config_text(tmp_path, TINY_MADE.replace('order = "random"', 'direct = true\ninit_output_bias = true'))
+    model, _, data = prepare(config)
+    examples = data.train.tensors[0]
+    mean = examples.reshape(len(examples), -1).mean(0)
+    assert torch.allclose(torch.sigmoid(model.layers[-1].bias), mean.clamp(1e-3, 1 - 1e-3), atol=1e-5)
+    untouched, _, _ = prepare(load_config_text(tmp_path, TINY_MADE))
+    assert torch.count_nonzero(torch.sigmoid(untouched.layers[-1].bias) - mean) > 700  # default init differs
+    # a model without an output bias to set: one clear error, before any training
+    code, _, err = run_main(["train", "--config", "configs/torus_polar.toml", "--out", tmp_path / "torus",
+                             "--set", "model.init_output_bias=true"], capsys)
+    assert code == 2
+    assert "init_output_bias = true: the model 'point_vae' has no output bias" in err
+    assert not (tmp_path / "torus").exists()
+
+
+def load_config_text(tmp_path: Path, text: str) -> dict:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return load_config(path)

@@ -6,6 +6,8 @@ A configuration has four tables; every key has a default except ``model.name``::
     name = "vae"
     hidden_dims = [128, 32, 16, 4]
     likelihood = "gaussian"       # input_dim is taken from the data when omitted
+    init_output_bias = false      # start the output biases at the training data's mean (its logit for
+                                  # Bernoulli outputs): models with an init_output_bias method
 
     [data]
     name = "mnist"                # "mnist" or "torus"
@@ -249,6 +251,7 @@ def build_objective(config: Mapping[str, Any]) -> Objective:
 def build_model_from_config(config: Mapping[str, Any], input_dim: int | None = None) -> nn.Module:
     """Build the model of a configuration's ``[model]`` table (``input_dim`` defaults to the data's)."""
     cfg = dict(config.get("model", {}))
+    cfg.pop("init_output_bias", None)  # an initialisation step, done by dgmlab.experiments.runs.prepare
     name = cfg.pop("name", None)
     if name is None:
         raise ConfigError("[model] needs a name, e.g. name = \"vae\"")

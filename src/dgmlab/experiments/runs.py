@@ -42,6 +42,17 @@ def prepare(config: Mapping[str, Any]) -> tuple[nn.Module, Any, DataBundle]:
     data = build_data(config, seed=settings.seed)
     torch.manual_seed(settings.seed)
     model = build_model_from_config(config, input_dim=data.input_dim)
+    if config.get("model", {}).get("init_output_bias", False):
+        no_bias = ConfigError(f"[model] init_output_bias = true: the model {config['model'].get('name')!r} has no "
+                              f"output bias to initialise from the data; remove the key")
+        if not hasattr(model, "init_output_bias"):
+            raise no_bias
+        # the mean training example (grey levels for the dynamic view: the mean of its binarizations)
+        examples = data.train.tensors[0]
+        try:
+            model.init_output_bias(examples.reshape(len(examples), -1).mean(0))
+        except NotImplementedError:
+            raise no_bias from None
     objective = build_objective(config)
     return model, objective, data
 
