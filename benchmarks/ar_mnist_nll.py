@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/ar_mnist_nll.py --models made --minutes 30   # the MADE target run
     .venv/bin/python benchmarks/ar_mnist_nll.py --models pixelcnn --device cuda --minutes 60   # on a GPU
     .venv/bin/python benchmarks/ar_mnist_nll.py --models made --minutes 0.5 --eval-limit 500  # a smoke run
+    .venv/bin/python benchmarks/ar_mnist_nll.py --models made --minutes 8 --no-made-direct \
+        --made-activation relu --no-bias-init                 # ablation: the paper's plain MADE
 
 Protocol (as benchmarks/vae_mnist_nll.py): training images are re-binarized at every epoch (a fresh Bernoulli
 draw of the grey levels, "dynamic" binarization); the 10,000 test images are binarized once with a fixed seed;
@@ -11,6 +13,9 @@ the test NLL is the exact ``-log p(x)`` in nats per image, averaged over the tes
 need no bound). Each model trains for a time budget (``--minutes``, per model): the number of epochs is
 measured on this machine from a short probe, the learning rate decays exponentially from ``lr`` to
 ``lr / 20`` over those epochs, and the evaluated weights are an exponential moving average (decay 0.999).
+The vector models (FVSBN, Bengio, NADE, MADE) start with their output biases at the logit of the training
+images' mean grey level (``init_output_bias``). MADE is 784-1024-1024-784 with GELU units and the paper's
+direct input-to-output connections (``direct=True``), one mask, natural (raster) order.
 
 Published numbers (``../shared/briefs/reference-numbers.md``) use the fixed Larochelle-Murray binarization
 ("static"), so they are comparable only roughly; re-implementations with dynamic binarization usually land
@@ -43,7 +48,7 @@ from dgmlab.train import TrainSettings, epochs_in_budget, evaluate, fit, resolve
 
 @dataclass
 class Spec:
-    build: Callable[[], nn.Module]
+    build: Callable[[argparse.Namespace], nn.Module]  # the model, from the command line's options
     image: bool  # [N, 1, 28, 28] inputs (convolutions) rather than [N, 784]
     lr: float
     batch_size: int
@@ -51,13 +56,14 @@ class Spec:
 
 
 SPECS: dict[str, Spec] = {
-    "fvsbn": Spec(lambda: FVSBN(784), False, 1e-2, 256, "96.58 dynamic (pytorch-generative, 50 epochs)"),
-    "bengio": Spec(lambda: BengioNet(784, 1), False, 3e-3, 256, "no MNIST number published"),
-    "nade": Spec(lambda: NADE(784, 500), False, 2e-3, 256, "88.86 static; 85.65 dynamic (pytorch-generative)"),
-    "made": Spec(lambda: MADE(784, [1024, 1024]), False, 2e-3, 256,
+    "fvsbn": Spec(lambda a: FVSBN(784), False, 1e-2, 256, "96.58 dynamic (pytorch-generative, 50 epochs)"),
+    "bengio": Spec(lambda a: BengioNet(784, 1), False, 3e-3, 256, "no MNIST number published"),
+    "nade": Spec(lambda a: NADE(784, 500), False, 2e-3, 256, "88.86 static; 85.65 dynamic (pytorch-generative)"),
+    "made": Spec(lambda a: MADE(784, [int(h) for h in a.made_hidden.split(",")], direct=a.made_direct,
+                                    activation=a.made_activation), False, 2e-3, 256,
                  "88.04 static (1 layer, 32 masks); 84.87 dynamic (1x8000, pytorch-generative)"),
-    "pixelcnn": Spec(lambda: PixelCNN(), True, 2e-3, 128, "81.30 static (van den Oord et al. 2016a)"),
-    "gated_pixelcnn": Spec(lambda: GatedPixelCNN(channels=128, num_layers=10), True, 2e-3, 128,
+    "pixelcnn": Spec(lambda a: PixelCNN(), True, 2e-3, 128, "81.30 static (van den Oord et al. 2016a)"),
+    "gated_pixelcnn": Spec(lambda a: GatedPixelCNN(channels=128, num_layers=10), True, 2e-3, 128,
                            "no MNIST number (pytorch-generative: 81.50, dynamic)"),
 }
 TARGETS = {"made": 88.0, "pixelcnn": 82.0}
@@ -85,13 +91,17 @@ def sampling_speed(model: nn.Module, name: str, device: torch.device, n: int) ->
 
 def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     spec = SPECS[name]
+    spec = Spec(spec.build, spec.image, args.lr or spec.lr, args.batch_size or spec.batch_size, spec.published)
     x_train, _, transform = mnist_tensors("train", view="dynamic", flatten=not spec.image, seed=args.seed,
                                           limit=args.train_limit or None)
     x_test, _, _ = mnist_tensors("test", view="static", flatten=not spec.image, seed=123)
     if args.eval_limit:
         x_test = x_test[: args.eval_limit]
     torch.manual_seed(args.seed)
-    model = spec.build().to(device)
+    model = spec.build(args)
+    if hasattr(model, "init_output_bias") and not args.no_bias_init:  # the vector models: independent pixels
+        model.init_output_bias(x_train.reshape(len(x_train), -1).mean(0))
+    model = model.to(device)
     train = TensorBatches(x_train.to(device), batch_size=spec.batch_size, seed=args.seed, transform=transform)
     objective = lambda m, b: exact_nll(m, b[0])  # noqa: E731
     epochs = args.epochs or epochs_in_budget(model, objective, train, args.minutes * 60, probe_steps=20)
@@ -109,6 +119,7 @@ def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, 
     test_nll = evaluate(model, lambda m, b: exact_nll(m, b[0]), test, device)["nll"]
     result: dict[str, object] = {
         "model": name, "parameters": count_parameters(model), "epochs": len(history.records),
+        "batch_size": spec.batch_size, "lr": spec.lr,
         "train_minutes": round(train_minutes, 2), "device": str(device), "threads": torch.get_num_threads(),
         "train_nll_last_epoch_nats": round(history.last("train", "nll"), 3),
         "test_nll_nats": round(test_nll, 3), "test_images": len(x_test), "published": spec.published,
@@ -132,6 +143,15 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--train-limit", type=int, default=0, help="train on the first N images (0: all; smoke runs)")
     parser.add_argument("--sampling", type=int, default=16, help="images for the sampling-speed check (0: skip)")
+    parser.add_argument("--lr", type=float, default=0.0, help="initial learning rate (0: the model's default)")
+    parser.add_argument("--batch-size", type=int, default=0, help="batch size (0: the model's default, 256 "
+                        "for the vector models, 128 for the PixelCNNs; a GPU may want more)")
+    parser.add_argument("--made-hidden", default="1024,1024", help="MADE hidden widths (ablations)")
+    parser.add_argument("--made-activation", default="gelu", choices=["relu", "gelu"], help="MADE units (ablations)")
+    parser.add_argument("--made-direct", default=True, action=argparse.BooleanOptionalAction,
+                        help="MADE direct input-to-output connections (ablations: --no-made-direct)")
+    parser.add_argument("--no-bias-init", action="store_true",
+                        help="leave the output biases at zero instead of the logit of the data mean (ablations)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
