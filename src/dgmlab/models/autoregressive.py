@@ -374,6 +374,89 @@ class BengioNet(AutoregressiveBinaryModel):
         return x
 
 
+def _nade_hidden_into(buffer: Tensor, x: Tensor, W: Tensor, c: Tensor) -> Tensor:  # noqa: N803
+    """``buffer [D, n, H] <- h_i = sigma(c + sum_{j<i} W[:, j] x_j)`` for ``x [n, D]``, in place; returns it."""
+    torch.mul(x.T[:, :, None], W.T[:, None, :], out=buffer)  # W[:, j] x_j, position-major
+    buffer.cumsum_(dim=0)  # inclusive prefix sums over positions
+    buffer.addcmul_(x.T[:, :, None], W.T[:, None, :], value=-1.0)  # exclusive: drop position i's own term
+    return buffer.add_(c).sigmoid_()
+
+
+class NADELogits(torch.autograd.Function):
+    r"""NADE's logits and their gradients in :math:`O(BDH)` time and :math:`O(nDH)` memory for chunks of ``n``.
+
+    Forward (Larochelle and Murray 2011, eq. 2-3), with :math:`a_i = c + \sum_{j<i} W_{:,j} x_j`:
+
+    .. math:: h_i = \sigma(a_i), \qquad \ell_i = b_i + V_i \cdot h_i .
+
+    Backward, for :math:`g_i = \partial L / \partial \ell_i` (the paper's Algorithm 1, all positions at once):
+
+    .. math::
+        \frac{\partial L}{\partial V_i} = \sum_b g_{bi}\, h_{bi}, \qquad
+        \frac{\partial L}{\partial b_i} = \sum_b g_{bi}, \qquad
+        \delta_{bi} = \frac{\partial L}{\partial a_{bi}} = g_{bi}\, V_i \odot h_{bi} \odot (1 - h_{bi}),
+
+    .. math::
+        \frac{\partial L}{\partial c} = \sum_{b,i} \delta_{bi}, \qquad
+        \frac{\partial L}{\partial W_{:,j}} = \sum_b x_{bj} \sum_{i>j} \delta_{bi}, \qquad
+        \frac{\partial L}{\partial x_{bj}} = W_{:,j} \cdot \sum_{i>j} \delta_{bi},
+
+    because :math:`x_j` reaches :math:`a_i` for every later :math:`i`: the suffix sums
+    :math:`\sum_{i>j}\delta_{bi} = \sum_i \delta_{bi} - \sum_{i\le j}\delta_{bi}` come from one cumulative
+    sum, as the prefix sums of the forward pass do.
+
+    Why not leave it to autograd (``NADE.logits_by_autograd``): every intermediate there is a new ``[B, D, H]``
+    tensor, 400 MB at ``B = 256, D = 784, H = 500``, and on a CPU the time goes to allocating and streaming them.
+    Here the batch is cut into chunks of ``chunk_size`` examples, each chunk's hidden units live in one
+    position-major ``[D, n, H]`` buffer updated in place (so the per-position products are plain batched
+    matrix-vector products), nothing of size ``D H`` per example is kept for backward, and backward recomputes
+    :math:`h` chunk by chunk. Measured on the project's 2-core CPU, one training step at ``B = 256``: 2.8 s with
+    autograd, 0.93 s here.
+    """
+
+    chunk_size = 32
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor) -> Tensor:  # noqa: N803
+        """Logits ``[B, D]`` of ``x [B, D]``; saves only the inputs (backward recomputes the hidden units)."""
+        (batch, _), k = x.shape, NADELogits.chunk_size
+        logits = torch.empty_like(x)
+        buffer = x.new_empty(x.shape[1], min(k, batch), W.shape[0])
+        for start in range(0, batch, k):
+            chunk = x[start:start + k]
+            h = _nade_hidden_into(buffer[:, : len(chunk)], chunk, W, c)
+            # l_i = V_i . h_i for every position i at once: [D, n, H] @ [D, H, 1]
+            logits[start:start + len(chunk)] = torch.bmm(h, V[:, :, None]).squeeze(-1).T
+        ctx.save_for_backward(x, W, c, V)
+        return logits + b
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        """Gradients with respect to ``x, W, c, V, b`` from ``g = dL/dlogits``, by the equations above."""
+        x, W, c, V = ctx.saved_tensors  # noqa: N806
+        need_x, need_W, need_c, need_V, need_b = ctx.needs_input_grad  # noqa: N806
+        (batch, _), k = x.shape, NADELogits.chunk_size
+        grad_WT, grad_V, grad_c = torch.zeros_like(W.T), torch.zeros_like(V), torch.zeros_like(c)  # noqa: N806
+        grad_x = torch.empty_like(x) if need_x else None
+        buffer = x.new_empty(x.shape[1], min(k, batch), W.shape[0])
+        for start in range(0, batch, k):
+            chunk, g_chunk = x[start:start + k], g[start:start + k]
+            h = _nade_hidden_into(buffer[:, : len(chunk)], chunk, W, c)  # recomputed
+            grad_V += torch.bmm(g_chunk.T[:, None, :], h).squeeze(1)  # sum_b g_bi h_bi
+            # delta = g V h (1 - h), in place
+            delta = h.addcmul_(h, h, value=-1.0).mul_(g_chunk.T[:, :, None]).mul_(V[:, None, :])
+            grad_c += delta.sum(dim=(0, 1))
+            prefix = delta.cumsum_(dim=0)  # P_j = sum_{i<=j} delta_i; suffix S_j = total - P_j
+            total = prefix[-1].clone()  # [n, H]
+            # sum_b x_bj S_bj = x^T total - sum_b x_bj P_bj
+            grad_WT += chunk.T @ total - torch.bmm(chunk.T[:, None, :], prefix).squeeze(1)
+            if grad_x is not None:
+                # W[:, j] . S_bj = total_b . W[:, j] - P_bj . W[:, j]
+                grad_x[start:start + len(chunk)] = total @ W - torch.bmm(prefix, W.T[:, :, None]).squeeze(-1).T
+        return (grad_x, grad_WT.T if need_W else None, grad_c if need_c else None, grad_V if need_V else None,
+                g.sum(0) if need_b else None)
+
+
 class NADE(AutoregressiveBinaryModel):
     """Neural autoregressive distribution estimator (Larochelle and Murray, 2011), natural order.
 
@@ -402,7 +485,15 @@ class NADE(AutoregressiveBinaryModel):
         return self.c + F.pad(prefix[:, :-1], (0, 0, 1, 0))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits :math:`\\ell_i = b_i + V_i \\cdot \\sigma(a_i)`: ``[B, D] -> [B, D]``."""
+        """Logits :math:`\\ell_i = b_i + V_i \\cdot \\sigma(a_i)`: ``[B, D] -> [B, D]``.
+
+        Computed by :class:`NADELogits` (chunked, in-place buffers, gradients derived by hand);
+        :meth:`logits_by_autograd` is the same function left to autograd, the tests' reference.
+        """
+        return NADELogits.apply(self._as_rows(x), self.W, self.c, self.V, self.b)
+
+    def logits_by_autograd(self, x: Tensor) -> Tensor:
+        """The logits of ``forward`` written plainly, differentiated by autograd (several ``[B, D, H]`` tensors)."""
         h = torch.sigmoid(self.pre_activations(x))
         return self.b + (h * self.V).sum(dim=-1)
 
