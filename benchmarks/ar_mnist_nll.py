@@ -102,6 +102,14 @@ def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, 
     if hasattr(model, "init_output_bias") and not args.no_bias_init:  # the vector models: independent pixels
         model.init_output_bias(x_train.reshape(len(x_train), -1).mean(0))
     model = model.to(device)
+    if args.sampling_only:  # speed does not depend on the weights: an untrained model, no data needed
+        rates = sampling_speed(model, name, device, args.sampling or 16)
+        result = {"model": name, "parameters": count_parameters(model), "device": str(device),
+                  "threads": torch.get_num_threads(), "sampling_images": args.sampling or 16,
+                  "sampling_images_per_second": {k: round(v, 2) for k, v in rates.items()}}
+        (args.out / name).mkdir(parents=True, exist_ok=True)
+        (args.out / name / "sampling.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
     train = TensorBatches(x_train.to(device), batch_size=spec.batch_size, seed=args.seed, transform=transform)
     objective = lambda m, b: exact_nll(m, b[0])  # noqa: E731
     epochs = args.epochs or epochs_in_budget(model, objective, train, args.minutes * 60, probe_steps=20)
@@ -138,11 +146,13 @@ def main() -> None:
     parser.add_argument("--models", default="fvsbn,bengio,nade,made",
                         help=f"comma-separated subset of {', '.join(SPECS)}")
     parser.add_argument("--minutes", type=float, default=0.0,
-                        help="training budget per model (default: 3 fvsbn, 5 bengio, 10 nade, 30 made, 60 pixelcnn)")
+                        help="training budget per model (default: 3 fvsbn, 5 bengio, 20 nade, 30 made, 60 pixelcnn)")
     parser.add_argument("--epochs", type=int, default=0, help="fixed number of epochs (0: from the budget)")
     parser.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--train-limit", type=int, default=0, help="train on the first N images (0: all; smoke runs)")
     parser.add_argument("--sampling", type=int, default=16, help="images for the sampling-speed check (0: skip)")
+    parser.add_argument("--sampling-only", action="store_true",
+                        help="only measure sampling speed (untrained weights; --sampling images)")
     parser.add_argument("--lr", type=float, default=0.0, help="initial learning rate (0: the model's default)")
     parser.add_argument("--batch-size", type=int, default=0, help="batch size (0: the model's default, 256 "
                         "for the vector models, 128 for the PixelCNNs; a GPU may want more)")
@@ -164,11 +174,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    default_minutes = {"fvsbn": 3, "bengio": 5, "nade": 10, "made": 30, "pixelcnn": 60, "gated_pixelcnn": 60}
+    default_minutes = {"fvsbn": 3, "bengio": 5, "nade": 20, "made": 30, "pixelcnn": 60, "gated_pixelcnn": 60}
     rows = []
     for name in names:
         budget = argparse.Namespace(**{**vars(args), "minutes": args.minutes or default_minutes[name]})
         rows.append(run(name, budget, device))
+    if args.sampling_only:
+        for row in rows:
+            rate = row["sampling_images_per_second"]
+            print(f"{row['model']}: sampling {row['sampling_images']} images on {row['device']} "
+                  f"({row['threads']} threads): {rate['with_reuse']} images/s with reuse, "
+                  f"{rate['full_pass_per_step']} with a full pass per step ({rate['gain']:.1f}x)")
+        return
     print(f"\n{'model':15s} {'params':>10s} {'epochs':>6s} {'minutes':>8s} {'train NLL':>10s} {'test NLL':>9s}  "
           f"published (nats)")
     for row in rows:

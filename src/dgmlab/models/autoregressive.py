@@ -66,8 +66,8 @@ NADE ties the hidden layers of all conditionals: with :math:`W \in \mathbb R^{H 
 
 The pre-activations share their prefix sums, :math:`a_1 = c` and :math:`a_{i+1} = a_i + W_{:, i}\, x_i`,
 so all :math:`D` hidden vectors cost :math:`O(DH)` instead of :math:`O(D^2 H)`. ``forward`` computes the
-recurrence for all :math:`i` at once as an exclusive cumulative sum along the variables, and
-``sample`` runs it one step at a time.
+recurrence for all :math:`i` at once as an exclusive cumulative sum along the variables, with gradients derived
+by hand as suffix sums (:class:`NADELogits`), and ``sample`` runs it one step at a time.
 
 MADE (Germain, Gregor, Murray and Larochelle, 2015)
 ---------------------------------------------------
