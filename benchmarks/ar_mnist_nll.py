@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dgmlab import plots
 from dgmlab.data import TensorBatches, mnist_tensors
 from dgmlab.models import FVSBN, MADE, NADE, BengioNet, GatedPixelCNN, PixelCNN, count_parameters
 from dgmlab.objectives import exact_nll
@@ -92,6 +93,15 @@ def sampling_speed(model: nn.Module, name: str, device: torch.device, n: int) ->
     return rates
 
 
+def save_samples_figure(model: nn.Module, name: str, test_nll: float, n: int, path: Path) -> None:
+    """``n`` samples of the trained (averaged) weights in a grid titled with the test NLL."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+    images = model.sample(n, generator=generator).reshape(n, 28, 28).cpu()
+    figure = plots.image_grid(images, nrow=int(math.sqrt(n)) or 1,
+                              title=f"{name}: {n} samples (test NLL {test_nll:.2f} nats)")
+    figure.savefig(path, dpi=120)
+
+
 def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     spec = SPECS[name]
     spec = Spec(spec.build, spec.image, args.lr or spec.lr, args.batch_size or spec.batch_size, spec.published)
@@ -137,6 +147,8 @@ def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, 
     }
     if name in TARGETS:
         result["target_nats"] = TARGETS[name]
+    if args.figure_samples:
+        save_samples_figure(model, name, test_nll, args.figure_samples, run_dir / "samples.png")
     if args.sampling and name in ("made", "pixelcnn", "gated_pixelcnn", "nade"):
         result["sampling_images_per_second"] = {k: round(v, 2) for k, v in
                                                  sampling_speed(model, name, device, args.sampling).items()}
@@ -154,6 +166,8 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--train-limit", type=int, default=0, help="train on the first N images (0: all; smoke runs)")
     parser.add_argument("--sampling", type=int, default=16, help="images for the sampling-speed check (0: skip)")
+    parser.add_argument("--figure-samples", type=int, default=64,
+                        help="samples drawn after training for <out>/<model>/samples.png (0: no figure)")
     parser.add_argument("--sampling-only", action="store_true",
                         help="only measure sampling speed (untrained weights; --sampling images)")
     parser.add_argument("--lr", type=float, default=0.0, help="initial learning rate (0: the model's default)")

@@ -24,6 +24,7 @@ def test_ar_benchmark_smoke_run_writes_a_result_per_model(tmp_path):
         assert result["epochs"] == 1 and result["test_images"] == 100
         # exact NLL in nats: below coin flips (543.4) after one short epoch from the data-mean start
         assert 0 < result["test_nll_nats"] < 784 * math.log(2)
+        assert (tmp_path / name / "samples.png").read_bytes()[:4] == b"\x89PNG"
     made = json.loads((tmp_path / "made" / "result.json").read_text())
     assert made["sampling_images_per_second"]["gain"] > 0  # reuse vs a full pass per step, same samples
     assert made["parameters"] == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 784 + 784 + 784 * 784  # direct: D^2
