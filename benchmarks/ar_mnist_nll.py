@@ -33,11 +33,11 @@ forward pass per pixel.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,7 +50,7 @@ from dgmlab.objectives import exact_nll
 from dgmlab.train import TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
 
 
-@dataclass
+@dataclasses.dataclass
 class Spec:
     build: Callable[[argparse.Namespace], nn.Module]  # the model, from the command line's options
     image: bool  # [N, 1, 28, 28] inputs (convolutions) rather than [N, 784]
@@ -104,7 +104,7 @@ def save_samples_figure(model: nn.Module, name: str, test_nll: float, n: int, pa
 
 def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     spec = SPECS[name]
-    spec = Spec(spec.build, spec.image, args.lr or spec.lr, args.batch_size or spec.batch_size, spec.published)
+    spec = dataclasses.replace(spec, lr=args.lr or spec.lr, batch_size=args.batch_size or spec.batch_size)
     x_train, _, transform = mnist_tensors("train", view="dynamic", flatten=not spec.image, seed=args.seed,
                                           limit=args.train_limit or None)
     x_test, _, _ = mnist_tensors("test", view="static", flatten=not spec.image, seed=123)
