@@ -32,7 +32,7 @@ def tiny_model(cls, num_classes: int = 0, seed: int = 0, image_size: int = 6, **
     model = cls(num_classes=num_classes, **options).double()
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
+            parameter.add_(0.3 * torch.randn(parameter.shape, dtype=parameter.dtype))  # layout-independent draw
         if cls is PixelCNN:  # running statistics from a few training-mode passes
             for _ in range(3):
                 x = torch.bernoulli(torch.full((8, 1, image_size, image_size), 0.4, dtype=torch.float64))
@@ -464,3 +464,36 @@ def test_golden_training_run_on_two_prototypes(num_classes, threshold):
     assert start > 20 and nll < threshold, (start, nll)
     if num_classes == 0:
         assert nll > math.log(2) - 0.05  # cannot beat the entropy of the data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Channels-last storage (speed) changes nothing computed
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", MODELS)
+def test_channels_last_weights_give_the_same_logits_and_resume_bit_exactly(cls, tmp_path):
+    from dgmlab.data import TensorBatches
+    from dgmlab.objectives import exact_nll
+    from dgmlab.train import TrainSettings, fit
+
+    model = tiny_model(cls, image_size=6)
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                           for p in weights if p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1)
+    contiguous = tiny_model(cls, image_size=6).to(memory_format=torch.contiguous_format)
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(model(x), contiguous(x), rtol=1e-12, atol=1e-12)
+
+    # 2 epochs == 1 epoch, resume from the (contiguous) checkpoint, 1 more: Adam's state keeps working
+    def run(epochs, directory, resume=False):
+        torch.manual_seed(0)
+        net = cls(channels=4, num_layers=2, kernel_size=3, hidden_kernel=3, image_size=6)
+        data = TensorBatches(torch.bernoulli(torch.full((24, 1, 6, 6), 0.3)), batch_size=8, seed=1)
+        fit(net, lambda m, b: exact_nll(m, b[0]), data,
+            settings=TrainSettings(epochs=epochs, lr=1e-2, seed=2, progress=False), run_dir=directory, resume=resume)
+        return net
+
+    straight = run(2, tmp_path / "a")
+    run(1, tmp_path / "b")
+    resumed = run(2, tmp_path / "b", resume=True)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

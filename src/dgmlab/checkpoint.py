@@ -156,6 +156,17 @@ def load_weights(directory: str | os.PathLike[str], model: nn.Module, map_locati
         raise CheckpointError(f"checkpoint {path} does not fit this model: {first}") from None
 
 
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments) its parameter's memory layout. Checkpoints hold
+    contiguous copies; a channels-last parameter (the PixelCNNs' convolutions) next to a contiguous moment
+    would be paired element by element in memory order by the fused and foreach kernels, i.e. wrongly."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.dim() == 4:
+                    optimizer.state[parameter][name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+
+
 def load_checkpoint(
     directory: str | os.PathLike[str],
     model: nn.Module,
@@ -188,6 +199,7 @@ def load_checkpoint(
         for index, scalars in meta.get("scalars", {}).items():
             state.setdefault(int(index), {}).update(scalars)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        _match_parameter_layouts(optimizer)
     if restore_rng:
         torch.set_rng_state(tensors["rng.torch"])
         cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
