@@ -68,10 +68,11 @@ def test_train_eval_sample_and_resume(tiny_config, tmp_path, capsys):
         assert (run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 1
 
-    code, out, err = run_main(["train", "--resume", run, "--epochs", "2"], capsys)
+    code, out, err = run_main(["train", "--resume", run, "--epochs", "2", "--precision", "bf16"], capsys)
     assert code == 0, err
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == "bf16"  # epoch 2 in bf16
 
     code, out, err = run_main(["eval", run, "--iw-samples", "20"], capsys)
     assert code == 0, err
@@ -88,10 +89,12 @@ def test_train_eval_sample_and_resume(tiny_config, tmp_path, capsys):
 def test_set_overrides_and_flags_reach_the_config(tiny_config, tmp_path, capsys):
     run = tmp_path / "run"
     code, _, err = run_main(["train", "--config", tiny_config, "--out", run, "--epochs", "1", "--lr", "0.002",
-                             "--batch-size", "50", "--seed", "4", "--set", "objective.kl=\"monte_carlo\""], capsys)
+                             "--batch-size", "50", "--seed", "4", "--set", "objective.kl=\"monte_carlo\"",
+                             "--precision", "bf16"], capsys)
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["lr"] == 0.002 and config["train"]["seed"] == 4
+    assert config["train"]["precision"] == "bf16"
     assert config["data"]["batch_size"] == 50 and config["objective"]["kl"] == "monte_carlo"
 
 
@@ -110,6 +113,7 @@ def test_set_overrides_and_flags_reach_the_config(tiny_config, tmp_path, capsys)
          "objective.conditional must be true or false"),
         (["train", "--config", "{tiny}", "--set", "train.lr=-1"], "positive"),
         (["train", "--config", "{tiny}", "--set", "train.epochs=0"], "epochs must be a positive integer"),
+        (["train", "--config", "{tiny}", "--set", "train.precision=\"fp16\""], "precision must be one of fp32, bf16"),
         (["train", "--config", "{tiny}", "--set", "train.learning_rate=1"], "unknown key(s): learning_rate"),
         (["train", "--config", "{tiny}", "--set", "nonsense"], "table.key=value"),
         (["train", "--config", "{tiny}", "--set", "model.hidden_dims=[32, 3]"], "must be even"),

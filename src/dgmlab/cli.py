@@ -59,6 +59,7 @@ def _positive_float(text: str) -> float:
 
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISION_CHOICES = ("fp32", "bf16")  # dgmlab.train.PRECISIONS (kept here so --help needs no torch import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, help="examples per batch")
     train.add_argument("--seed", type=_nonnegative_int, help="random seed")
     train.add_argument("--device", choices=DEVICE_CHOICES, help="where to train (default auto: cuda, mps, cpu)")
+    train.add_argument("--precision", choices=PRECISION_CHOICES,
+                       help="fp32 (default) or bf16: training steps under bfloat16 autocast, weights and "
+                            "evaluation in fp32 (about 3x faster for the PixelCNNs on a CPU with AVX-512 BF16)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                        help="override any config value, e.g. --set objective.coeff=1e-3 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -126,13 +130,16 @@ def _train(args: argparse.Namespace) -> None:
             overrides.append(f"{key}={value!r}")
     if args.device is not None:
         overrides.append(f'train.device="{args.device}"')
+    if args.precision is not None:
+        overrides.append(f'train.precision="{args.precision}"')
     if args.no_progress:
         overrides.append("train.progress=false")
     if args.resume is not None:
         if args.out is not None or args.overrides or args.lr or args.batch_size or args.seed is not None:
-            raise CLIError("--resume continues a run with its own config; only --epochs, --device and "
-                           "--no-progress may be given with it")
-        run_dir = resume_run(args.resume, epochs=args.epochs, device=args.device, progress=not args.no_progress)
+            raise CLIError("--resume continues a run with its own config; only --epochs, --device, --precision "
+                           "and --no-progress may be given with it")
+        run_dir = resume_run(args.resume, epochs=args.epochs, device=args.device, precision=args.precision,
+                             progress=not args.no_progress)
     else:
         run_dir = train_run(args.config, out=args.out, overrides=overrides)
     print(f"run written to {run_dir}")

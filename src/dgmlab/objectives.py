@@ -173,6 +173,17 @@ class LossTerms:
 Objective = Callable[[torch.nn.Module, tuple[Tensor, ...]], LossTerms]
 
 
+def _full(t: Tensor) -> Tensor:
+    """A network output in at least fp32 (float64 stays float64). Under bfloat16 autocast
+    (``TrainSettings.precision = "bf16"``) linear layers return bfloat16, and the sums below would keep only
+    its 8-bit mantissa (a spacing of 0.5 nats near 90)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _all_full(outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return tuple(_full(t) for t in outputs)
+
+
 def _kl_term(estimator: str, z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     if estimator == "analytic":
         return kl_analytic(mean, logvar)
@@ -194,10 +205,10 @@ def negative_elbo(model: LatentVariableModel, x: Tensor, kl: str = "analytic", n
     Note that the log-likelihoods are averaged over samples, not the decoded images.
     Shapes: ``x`` is ``[B, D]``; every returned term is ``[B]``.
     """
-    mean, logvar = model.encode(x)
+    mean, logvar = _all_full(model.encode(x))
     z = model.reparameterize(mean, logvar, n_samples=n_samples)  # [S, B, d]
     # -1/S sum_s log p(x | z_s)
-    recon_nll = -model.log_likelihood(x, model.decode(z)).mean(dim=0)
+    recon_nll = -model.log_likelihood(x, _full(model.decode(z))).mean(dim=0)
     kl_term = _kl_term(kl, z, mean, logvar)
     loss = recon_nll + kl_term
     return LossTerms(
@@ -220,9 +231,9 @@ def pset_mse_kl(model: LatentVariableModel, x: Tensor, coeff: float = 1e-4, kl: 
     """
     if coeff < 0:
         raise ValueError(f"coeff must be >= 0, got {coeff}")
-    mean, logvar = model.encode(x)
+    mean, logvar = _all_full(model.encode(x))
     z = model.reparameterize(mean, logvar)
-    x_hat = model.decode_mean(z)
+    x_hat = _full(model.decode_mean(z))
     # (1/D) sum_d (x_hat_d - x_d)^2
     mse = ((x_hat - x) ** 2).mean(dim=-1)
     kl_term = _kl_term(kl, z, mean, logvar)
@@ -238,7 +249,7 @@ def pset_mse_kl(model: LatentVariableModel, x: Tensor, coeff: float = 1e-4, kl: 
 def reconstruction_mse(model: torch.nn.Module, x: Tensor) -> LossTerms:
     r"""The autoencoder objective, per example: :math:`\frac1D\sum_d (\hat x_d - x_d)^2`, with
     :math:`\hat x = \mathrm{dec}(\mathrm{enc}(x))`. Its batch mean equals ``MSELoss()`` of the problem set."""
-    x_hat = model(x).reconstruction
+    x_hat = _full(model(x).reconstruction)
     mse = ((x_hat - x) ** 2).mean(dim=-1)
     return LossTerms(loss=mse, terms={"mse": mse}, units={"loss": "squared error per dimension",
                                                             "mse": "squared error per dimension"})
@@ -257,7 +268,7 @@ def exact_nll(model: DensityModel, x: Tensor, y: Tensor | None = None) -> LossTe
     which for binary data is the summed binary cross-entropy of the model's conditionals (problem set 2,
     problem 1). ``y`` (class labels ``[B]``) is passed to class-conditional models:
     :math:`-\log p_\theta(x \mid y)`. Also logs ``bits_per_dim`` = nll / (D ln 2)."""
-    log_prob = model.log_prob(x) if y is None else model.log_prob(x, y)
+    log_prob = _full(model.log_prob(x) if y is None else model.log_prob(x, y))
     nll = -log_prob
     dims = x[0].numel()
     return LossTerms(loss=nll, terms={"nll": nll, "bits_per_dim": nll / (dims * math.log(2.0))},

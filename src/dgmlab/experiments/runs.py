@@ -71,8 +71,9 @@ def train_run(config_path: str | Path, out: str | Path | None = None, overrides:
 
 
 def resume_run(run_dir: str | Path, epochs: int | None = None, device: str | None = None,
-               progress: bool = True) -> Path:
-    """Continue a run from its last checkpoint, up to ``epochs`` in total (default: its configured epochs)."""
+               precision: str | None = None, progress: bool = True) -> Path:
+    """Continue a run from its last checkpoint, up to ``epochs`` in total (default: its configured epochs),
+    optionally on another ``device`` or in another training ``precision`` (``"fp32"`` or ``"bf16"``)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -83,6 +84,8 @@ def resume_run(run_dir: str | Path, epochs: int | None = None, device: str | Non
         train_table["epochs"] = epochs
     if device is not None:
         train_table["device"] = device
+    if precision is not None:
+        train_table["precision"] = precision
     train_table["progress"] = progress
     model, objective, data = prepare(config)
     settings = build_settings(config)
