@@ -176,7 +176,7 @@ Objective = Callable[[torch.nn.Module, tuple[Tensor, ...]], LossTerms]
 def _full(t: Tensor) -> Tensor:
     """A network output in at least fp32 (float64 stays float64). Under bfloat16 autocast
     (``TrainSettings.precision = "bf16"``) linear layers return bfloat16, and the sums below would keep only
-    its 8-bit mantissa (a spacing of 0.5 nats near 90)."""
+    its 8 significant bits (a spacing of 0.5 nats near 90)."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 

@@ -267,8 +267,8 @@ def _channels_last(x: Tensor) -> Tensor:
     """``x`` in the channels-last memory layout (``[B, C, H, W]`` stored as ``B, H, W, C``), the layout the
     convolutions run fastest in on the CPU (oneDNN) and on tensor-core GPUs. The weights of both models are
     stored channels-last from construction (``_store_channels_last``), so every layer stays in it. A
-    PixelCNN training step (batch 128, 2 CPU cores, median of 9): 7.2 s contiguous, 5.8 s channels-last in fp32;
-    2.45 s and 2.24 s under bfloat16 autocast (``TrainSettings.precision = "bf16"``)."""
+    PixelCNN training step (batch 128, 2 CPU cores, ``benchmarks/train_step_speed.py``): 7.8 s contiguous,
+    5.7 s channels-last in fp32, 2.6 s channels-last under bfloat16 autocast (``TrainSettings.precision``)."""
     return x.contiguous(memory_format=torch.channels_last)
 
 
