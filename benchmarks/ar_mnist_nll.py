@@ -52,7 +52,7 @@ from dgmlab import plots
 from dgmlab.data import TensorBatches, mnist_tensors
 from dgmlab.models import FVSBN, MADE, NADE, BengioNet, GatedPixelCNN, PixelCNN, count_parameters
 from dgmlab.objectives import exact_nll
-from dgmlab.train import TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
+from dgmlab.train import PRECISIONS, TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
 
 
 @dataclasses.dataclass
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--no-bias-init", action="store_true",
                         help="leave the output biases at zero instead of the logit of the data mean (ablations)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="training steps in fp32 or under bfloat16 autocast (the test NLL is always computed "
                              "in fp32); bf16 makes a PixelCNN step about 3x faster on a CPU with AVX-512 BF16")
     parser.add_argument("--seed", type=int, default=0)

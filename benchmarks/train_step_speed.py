@@ -56,9 +56,10 @@ def time_steps(name: str, precision: str, contiguous: bool, steps: int, device: 
     shape = (batch, 1, 28, 28) if image else (batch, 784)
     x = torch.bernoulli(torch.full(shape, 0.13, device=device))
     optimizer = make_optimizer(model, TrainSettings(lr=1e-4), device)
+    step_precision = training_precision(precision, device)
 
     def step() -> None:
-        with training_precision(precision, device):
+        with step_precision:
             out = exact_nll(model, x) if loss == "nll" else negative_elbo(model, x)
         optimizer.zero_grad(set_to_none=True)
         out.loss.mean().backward()
@@ -103,9 +104,10 @@ def main() -> None:
             for precision, contiguous in variants:
                 times[(precision, contiguous)] += time_steps(name, precision, contiguous, args.steps, device)
         base = statistics.median(times[variants[0]])
+        parameters = count_parameters(MODELS[name][0]())
         for (precision, contiguous), values in times.items():
             median = statistics.median(values)
-            rows.append({"model": name, "parameters": count_parameters(MODELS[name][0]()),
+            rows.append({"model": name, "parameters": parameters,
                          "batch_size": MODELS[name][2], "precision": precision,
                          "layout": "contiguous" if contiguous else ("channels_last" if MODELS[name][1] else "-"),
                          "median_seconds_per_step": round(median, 4), "steps_timed": len(values),

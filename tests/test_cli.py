@@ -295,3 +295,11 @@ def load_config_text(tmp_path: Path, text: str) -> dict:
     path = tmp_path / "config.toml"
     path.write_text(text)
     return load_config(path)
+
+
+def test_cli_choices_match_the_trainer():
+    # the CLI keeps its own copies so that --help needs no torch import; they must not drift
+    from dgmlab.cli import DEVICE_CHOICES, PRECISION_CHOICES
+    from dgmlab.train import DEVICES, PRECISIONS
+
+    assert PRECISION_CHOICES == PRECISIONS and DEVICE_CHOICES == DEVICES

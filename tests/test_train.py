@@ -387,3 +387,17 @@ def test_epochs_in_budget_ignores_slow_first_steps(monkeypatch):
 
     monkeypatch.setattr(train_module.time, "perf_counter", clock)
     assert train_module.epochs_in_budget(make_model(), elbo, train, seconds=100, probe_steps=30) == 23
+
+
+def test_every_training_step_runs_in_bf16_and_every_evaluation_in_fp32():
+    # the autocast context is built once per run and entered for each step: it must hold for all of them
+    seen = []
+
+    def recording_elbo(model, batch):
+        seen.append((model.training, torch.is_autocast_enabled("cpu")))
+        return elbo(model, batch)
+
+    train, test = make_data()  # 4 training batches, 1 test batch per epoch
+    fit(make_model(), recording_elbo, train, test, quiet(epochs=3, precision="bf16"))
+    assert [autocast for training, autocast in seen if training] == [True] * 12
+    assert [autocast for training, autocast in seen if not training] == [False] * 3

@@ -163,7 +163,7 @@ def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             for name, value in optimizer.state.get(parameter, {}).items():
-                if isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.dim() == 4:
+                if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
                     optimizer.state[parameter][name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 

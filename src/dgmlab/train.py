@@ -142,7 +142,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def training_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """The context a training step runs in: ``torch.autocast(device, bfloat16)`` for ``"bf16"``, nothing for
-    ``"fp32"``. Raises :class:`TrainingError` where bfloat16 autocast is not available."""
+    ``"fp32"``. Raises :class:`TrainingError` where bfloat16 autocast is not available. Build it once and
+    enter it for every step (``with context: ...``); it can be entered again after it exits."""
     if precision not in PRECISIONS:
         raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
@@ -281,6 +282,7 @@ def epochs_in_budget(model: nn.Module, objective: Objective, train_batches: Any,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    step_precision = training_precision(precision, device)
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for _ in range(probe_steps + WARM_UP_STEPS):
@@ -291,7 +293,7 @@ def epochs_in_budget(model: nn.Module, objective: Objective, train_batches: Any,
             except StopIteration:
                 batches = iter(train_batches)
                 batch = next(batches)
-            with training_precision(precision, device):
+            with step_precision:
                 loss = objective(probe, _to_device(batch, device)).loss.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -332,7 +334,7 @@ def fit(
     settings = settings or TrainSettings()
     settings.validate()
     device = resolve_device(settings.device)
-    training_precision(settings.precision, device)  # fail before any work where the precision cannot run
+    step_precision = training_precision(settings.precision, device)  # fails before any work if it cannot run
     run_path = Path(run_dir) if run_dir is not None else None
     if resume and run_path is None:
         raise TrainingError("resume=True needs the run directory to resume from")
@@ -376,7 +378,7 @@ def fit(
                    disable=not settings.progress, dynamic_ncols=True, position=bar_position)
         stopped = False
         for batch in bar:
-            with training_precision(settings.precision, device):
+            with step_precision:
                 out = objective(model, _to_device(batch, device))
             terms = _named_terms(out)
             _check_finite(terms, epoch, step + 1, run_path)

@@ -95,8 +95,8 @@ linear map from the inputs straight to the logits is added,
 an FVSBN term in the model's ordering (:math:`A` starts at zero, so training starts from the plain MADE).
 It keeps the Jacobian strictly triangular (same strict inequality as :math:`M^V`) and costs :math:`D^2`
 parameters. On MNIST it is the difference between a MADE that spends its hidden units on the
-near-linear pixel-to-neighbour correlations and one that can leave them to :math:`A`: about 11 nats after
-the same 7 minutes of CPU training (``benchmarks/results/ar_made_ablation_cpu_2026-11-28.txt``).
+near-linear pixel-to-neighbour correlations and one that can leave them to :math:`A`: about 11 nats at
+the same 8-minute budget of CPU training (``benchmarks/results/ar_made_ablation_cpu_2026-11-28.txt``).
 ``activation`` is ``"relu"`` (the paper's) or ``"gelu"``.
 
 *Connectivity-agnostic training and ensembles.* ``num_masks = K > 1`` holds :math:`K` mask sets (with
