@@ -1,23 +1,14 @@
-"""Data sources (MNIST, torus point clouds) and in-memory batch iteration.
+"""Data sources (MNIST, torus point clouds), their views, and in-memory batch iteration.
 
-Modules: :mod:`~dgmlab.data.mnist` (verified loading and the grey/binarized views),
-:mod:`~dgmlab.data.torus` (problem set 1's torus sampler) and :mod:`~dgmlab.data.loaders`
-(:class:`TensorBatches`).
+Modules: :mod:`~dgmlab.data.mnist` (verified loading of MNIST), :mod:`~dgmlab.data.views` (grey levels,
+binarizations and uniform dequantization of 8-bit images), :mod:`~dgmlab.data.torus` (problem set 1's torus
+sampler) and :mod:`~dgmlab.data.loaders` (:class:`TensorBatches`).
 """
 
 from dgmlab.data.loaders import TensorBatches
-from dgmlab.data.mnist import (
-    DgmlabDataError,
-    MnistDataset,
-    MnistNotFoundError,
-    binarize_static,
-    binarize_threshold,
-    dynamic_binarize,
-    load_mnist,
-    mnist_tensors,
-    to_grey,
-)
+from dgmlab.data.mnist import DgmlabDataError, MnistDataset, MnistNotFoundError, load_mnist, mnist_tensors
 from dgmlab.data.torus import torus_point_cloud, torus_surface_distance
+from dgmlab.data.views import binarize_static, binarize_threshold, dynamic_binarize, to_grey, uniform_dequantize
 
 __all__ = [
     "DgmlabDataError",
@@ -32,4 +23,5 @@ __all__ = [
     "to_grey",
     "torus_point_cloud",
     "torus_surface_distance",
+    "uniform_dequantize",
 ]

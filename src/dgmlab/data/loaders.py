@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from dgmlab.utils import is_int
+
 __all__ = ["TensorBatches"]
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -35,10 +37,6 @@ def _derived_seed(seed: int, epoch: int, stream: int) -> int:
     """A 63-bit seed for (seed, epoch, stream), well mixed so nearby seeds give unrelated streams."""
     entropy = [seed % 2**64, epoch, stream]
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class TensorBatches:
@@ -63,7 +61,7 @@ class TensorBatches:
         seed: the loader's seed (any integer).
         transform: ``transform(first_tensor_batch, generator) -> tensor``, applied to the first tensor of
             every batch with a generator from the (seed, epoch) transform stream, on the data's device;
-            e.g. :func:`dgmlab.data.mnist.dynamic_binarize`.
+            e.g. :func:`dgmlab.data.views.dynamic_binarize`.
     """
 
     def __init__(
@@ -90,9 +88,9 @@ class TensorBatches:
         devices = {tensor.device for tensor in tensors}
         if len(devices) != 1:
             raise ValueError(f"TensorBatches: all tensors must be on one device, got {sorted(map(str, devices))}")
-        if not _is_integer(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"TensorBatches: batch_size must be an integer >= 1, got {batch_size!r}")
-        if not _is_integer(seed):
+        if not is_int(seed):
             raise ValueError(f"TensorBatches: seed must be an integer, got {seed!r}")
         if transform is not None and not callable(transform):
             raise ValueError(f"TensorBatches: transform must be callable or None, got {transform!r}")
@@ -141,7 +139,7 @@ class TensorBatches:
     # ------------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration use ``epoch`` (a non-negative integer); later ones count up from it."""
-        if not _is_integer(epoch) or epoch < 0:
+        if not is_int(epoch) or epoch < 0:
             raise ValueError(f"TensorBatches.set_epoch: epoch must be an integer >= 0, got {epoch!r}")
         self._epoch = int(epoch)
 

