@@ -9,10 +9,12 @@ A run's ``checkpoint/state.safetensors`` holds, in one file so that its parts ca
   own parameters, while ``model.<name>`` holds the averaged ones, the weights to evaluate and sample from;
 
 
-and, in the file's string metadata, ``epoch``, ``step``, the optimizer's ``param_groups`` and non-tensor
-state as JSON, and the format version. Nothing is pickled. The file is written to a temporary file in the
-same folder, flushed to disk and renamed over the old one (``os.replace`` is atomic on POSIX and Windows),
-so a crash at any moment leaves the previous checkpoint intact.
+and, in the file's string metadata, ``epoch`` (the last finished epoch), ``step``, the optimizer's
+``param_groups`` and non-tensor state as JSON, ``extra`` (JSON; the trainer's ``partial_epoch`` for a
+checkpoint written inside an epoch, see :mod:`dgmlab.train`), and the format version. Nothing is pickled.
+The file is written to a temporary file in the same folder, flushed to disk and renamed over the old one
+(``os.replace`` is atomic on POSIX and Windows), so a crash at any moment leaves the previous checkpoint
+intact.
 """
 
 from __future__ import annotations
@@ -26,15 +28,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
+
+from dgmlab.errors import CheckpointError
+from dgmlab.utils import device_of
 
 FORMAT = "dgmlab-checkpoint-1"
 STATE_FILE = "state.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt or does not fit the model; the message says which file."""
 
 
 @dataclass
@@ -128,20 +129,67 @@ def save_checkpoint(
     return path
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train first, or pass the run directory of a finished run")
-    try:
-        from safetensors import safe_open
+MAX_HEADER_BYTES = 100_000_000  # a safetensors header longer than this is a corrupt length field
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
+
+def _header_metadata(head: bytes, path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file from its first bytes (8-byte little-endian header length,
+    then the JSON header), checked to be a dgmlab checkpoint."""
+    if len(head) < 8:
+        raise CheckpointError(f"checkpoint {path} is unreadable (shorter than a header); it may be truncated or "
+                              f"corrupt")
+    length = int.from_bytes(head[:8], "little")
+    if length > MAX_HEADER_BYTES or len(head) < 8 + length:
+        raise CheckpointError(f"checkpoint {path} is unreadable (bad header length); it may be truncated or corrupt")
+    try:
+        metadata = json.loads(head[8:8 + length]).get("__metadata__") or {}
+    except (ValueError, AttributeError) as error:
         raise CheckpointError(f"checkpoint {path} is unreadable ({error}); it may be truncated or corrupt") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dgmlab checkpoint (format {metadata.get('format')!r})")
+    return metadata
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first, or pass the run directory of a finished run")
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """The metadata alone, read through one file handle (so a checkpoint replaced meanwhile is read whole,
+    old or new, never a mix of the two)."""
+    _check_exists(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            head += handle.read(min(int.from_bytes(head[:8], "little"), MAX_HEADER_BYTES)) if len(head) == 8 else b""
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({error})") from None
+    return _header_metadata(head, path)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata from one read of the file: a concurrent atomic replacement (a training process
+    writing its next checkpoint) gives the old or the new checkpoint, whole."""
+    _check_exists(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({error})") from None
+    metadata = _header_metadata(data, path)
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({error}); it may be truncated or corrupt") from None
     return tensors, metadata
+
+
+def read_state(directory: str | os.PathLike[str]) -> TrainingState:
+    """Epoch, step and ``extra`` of ``directory/state.safetensors`` from its metadata alone (no tensor is
+    read; ``averaged`` is ``None``). Raises :class:`CheckpointError` for a missing or unreadable file."""
+    metadata = _metadata(Path(directory) / STATE_FILE)
+    return TrainingState(epoch=int(metadata["epoch"]), step=int(metadata["step"]),
+                         extra=json.loads(metadata.get("extra", "{}")))
 
 
 def load_weights(directory: str | os.PathLike[str], model: nn.Module, map_location: str | torch.device = "cpu") -> None:
@@ -179,7 +227,7 @@ def load_checkpoint(
     and the averaged ones come back in ``TrainingState.averaged``."""
     path = Path(directory) / STATE_FILE
     tensors, metadata = _read(path)
-    device = next(iter(model.parameters())).device if any(True for _ in model.parameters()) else "cpu"
+    device = device_of(model)
     load_weights(directory, model, map_location=device)
     averaged = None
     raw = {k[len("raw."):]: v for k, v in tensors.items() if k.startswith("raw.")}

@@ -5,16 +5,36 @@ tqdm bar with the **true running mean** of every named loss term (each per-examp
 so a short last batch counts for what it holds), evaluates on the test batches after each epoch, and, when
 given a run directory, writes
 
-* ``config.json``: what the caller passes as ``config`` (everything needed to rerun),
+* ``config.json``: what the caller passes as ``config`` (everything needed to rerun), at the start,
 * ``metrics.jsonl``: one JSON line per epoch with every term on train and test, their units, the
-  learning rate, the step and the seconds spent,
+  learning rate, the step and the seconds spent, appended at the end of each epoch,
 * ``checkpoint/state.safetensors``: weights, optimizer, epoch, step and RNG state (see
-  :mod:`dgmlab.checkpoint`), written atomically after every epoch.
+  :mod:`dgmlab.checkpoint`), written atomically after every ``checkpoint_every``-th epoch and the last
+  one, and, with ``TrainSettings.checkpoint_every_minutes = m`` (``[train] checkpoint_every_minutes`` in a
+  config), also inside an epoch, after the first step that ends ``m`` minutes or more after the last
+  checkpoint.
+
+A run directory is never lost by accident (:mod:`dgmlab.rundir`): ``fit`` holds an operating-system lock
+on ``RUN_DIR/.lock`` (``fcntl.flock``) from start to end, so a second process on the same folder fails at
+once with :class:`~dgmlab.errors.RunLockedError` (the lock goes when the process does, even when it is
+killed; without ``fcntl``, on Windows, there is no lock). A new run into a folder that already holds one
+(``config.json``, ``metrics.jsonl`` or a checkpoint) raises :class:`~dgmlab.errors.RunExistsError`, unless
+``overwrite=True`` replaces it: its config, metrics, checkpoint, ``eval.json`` and figures are removed,
+nothing else.
 
 ``fit(..., resume=True)`` continues such a run from its last checkpoint. With a seed, on the CPU, training
 2 epochs equals training 1 epoch, resuming, and training 1 more, parameter for parameter: the data order
 and any per-epoch randomness (dynamic binarisation) derive from ``(seed, epoch)``, the global RNG state is
 restored from the checkpoint, and evaluation runs under a forked RNG so it never perturbs training.
+A checkpoint written inside epoch ``e`` holds, besides the state above (the step, the parameter average,
+the RNG state at that step), ``partial_epoch`` in its metadata: ``e``, the batches done, the epoch's
+running sums and example count, its seconds so far and the terms' units. Resuming from it continues inside
+epoch ``e``: the data of epoch ``e`` is drawn again and its first batches are passed over unused (which
+advances a per-epoch transform such as dynamic binarisation past them), so the run goes on exactly as if
+it had never stopped: the same parameters, bit for bit on the CPU, and the same ``metrics.jsonl`` records
+but for ``seconds``. This needs batches whose order derives from the epoch
+(:class:`dgmlab.data.TensorBatches`); a ``DataLoader`` that shuffles with the global RNG resumes with other
+batches. A ``time_limit`` budget counts the time of this process, as after any resume.
 
 With ``TrainSettings.ema_decay = beta``, the trainer also keeps an exponential moving average of the
 parameters (Polyak averaging), updated after every optimizer step t as
@@ -31,12 +51,13 @@ and accumulate in fp32, while the weights, their gradients, Adam's moments and t
 fp32 ("mixed precision"; bfloat16 keeps fp32's exponent range, so no loss scaling is needed). Losses such as
 ``binary_cross_entropy_with_logits`` run in fp32 under autocast, and the objectives cast network outputs to
 fp32 before any sum, so the logged terms keep fp32 resolution. Evaluation (test terms after every epoch,
-:func:`evaluate`) always runs in fp32: reported likelihoods are exact, not bfloat16 approximations. On 2 CPU
-cores with AVX-512 BF16 a PixelCNN step takes 2.6 s instead of 5.7 s (``benchmarks/train_step_speed.py``); on
-CPUs without native bfloat16 it is emulated and slower than fp32.
+:func:`evaluate`) always runs in fp32: reported likelihoods are exact, not bfloat16 approximations. It pays
+on hardware with native bfloat16 arithmetic (CPUs with AVX-512 BF16, recent GPUs;
+``benchmarks/train_step_speed.py`` measures a step of each model in both precisions); on CPUs without it
+bfloat16 is emulated and slower than fp32.
 
-A loss term that becomes NaN or infinite stops the run with :class:`NonFiniteLossError`, naming the term,
-the epoch and the step; the checkpoint of the last finished epoch is left as it was.
+A loss term that becomes NaN or infinite stops the run with :class:`~dgmlab.errors.NonFiniteLossError`,
+naming the term, the epoch and the step; the last checkpoint is left as it was.
 """
 
 from __future__ import annotations
@@ -57,18 +78,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dgmlab.checkpoint import STATE_FILE, atomic_write_text, load_checkpoint, save_checkpoint
+from dgmlab.errors import NonFiniteLossError, RunExistsError, RunLockedError, TrainingError
 from dgmlab.objectives import LossTerms, Objective
+from dgmlab.rundir import PARTIAL_EPOCH, lock_run, refuse_existing_run, remove_run
+from dgmlab.utils import device_of, eval_mode
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to do."""
-
-
-class NonFiniteLossError(TrainingError):
-    """A loss term became NaN or infinite."""
 
 
 @dataclass
@@ -85,6 +101,7 @@ class TrainSettings:
     device: str = "auto"
     progress: bool = True
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    checkpoint_every_minutes: float | None = None  # also checkpoint inside an epoch this often (module docstring)
     ema_decay: float | None = None  # keep an exponential moving average of the weights with this decay
     precision: str = "fp32"  # "bf16": training steps under bfloat16 autocast (module docstring); evaluation in fp32
 
@@ -106,6 +123,11 @@ class TrainSettings:
             raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
+        minutes = self.checkpoint_every_minutes
+        if minutes is not None and not (isinstance(minutes, (int, float)) and not isinstance(minutes, bool)
+                                        and 0 < minutes < math.inf):
+            raise ValueError(f"checkpoint_every_minutes must be a positive number of minutes (e.g. 10) or None "
+                             f"for checkpoints at epoch ends only, got {minutes!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) (e.g. 0.999) or None for no averaging, "
                              f"got {self.ema_decay!r}")
@@ -239,16 +261,13 @@ def evaluate(model: nn.Module, objective: Objective, batches: Iterable[Any], dev
     Sampling inside the objective uses a forked RNG seeded with ``seed``, so the numbers are reproducible
     and the caller's random stream is untouched.
     """
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = device or device_of(model)
     means = RunningMeans()
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for batch in batches:
             means.update(_named_terms(objective(model, _to_device(batch, device))))
-    model.train(was_training)
     return means.means()
 
 
@@ -268,12 +287,12 @@ def epochs_in_budget(model: nn.Module, objective: Objective, train_batches: Any,
     ``precision``) on a throw-away copy of ``model``, under a forked RNG so the run itself is unaffected, times
     the batches per epoch, with ``margin`` left for evaluation and bookkeeping. At least 1.
 
-    The median and the longer warm-up because the first steps of a fresh process are slow (kernel selection,
-    allocation): for a bfloat16 MADE on 2 CPU cores, the mean of 20 steps after 3 warm-up steps planned 142
-    epochs for 30 minutes, and the run ended after 17 minutes at 7.2 s per epoch; this probe plans about 180."""
+    The median and the warm-up because the first steps of a fresh process are slow (kernel selection,
+    allocation) and single steps can be slowed by other work: a mean over the first steps overestimates the
+    time per step, so it plans too few epochs and the run ends well before its budget."""
     import copy
 
-    device = next(model.parameters()).device
+    device = device_of(model)
     probe = copy.deepcopy(model)
     optimizer = make_optimizer(probe, TrainSettings(), device)
     batches = iter(train_batches)
@@ -311,6 +330,13 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     return [r for r in records if r["epoch"] <= upto_epoch]
 
 
+def _length(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -322,6 +348,7 @@ def fit(
     resume: bool = False,
     description: str = "train",
     bar_position: int | None = None,
+    overwrite: bool = False,
 ) -> History:
     """Train ``model`` on ``objective`` with Adam; see the module docstring for what is written and when.
 
@@ -330,6 +357,11 @@ def fit(
     re-iterable of batches (a :class:`dgmlab.data.TensorBatches`, a ``DataLoader``...); if it has
     ``set_epoch``, it is called with the epoch number before each epoch. ``bar_position`` is the progress
     bar's line (for runs in parallel processes). Returns the :class:`History`.
+
+    With ``run_dir``, the folder is locked for the whole call (:class:`~dgmlab.errors.RunLockedError` if
+    another process holds it); a new run into a folder that holds one raises
+    :class:`~dgmlab.errors.RunExistsError` unless ``overwrite`` replaces it; ``resume`` continues it from its
+    checkpoint, inside an epoch if the checkpoint was written there (:mod:`dgmlab.rundir`).
     """
     settings = settings or TrainSettings()
     settings.validate()
@@ -338,26 +370,44 @@ def fit(
     run_path = Path(run_dir) if run_dir is not None else None
     if resume and run_path is None:
         raise TrainingError("resume=True needs the run directory to resume from")
+    if resume and overwrite:
+        raise TrainingError("resume=True continues the run in run_dir and overwrite=True replaces it; pass one")
+    if run_path is None:
+        return _train(model, objective, train_batches, test_batches, settings, device, step_precision, None,
+                      config, False, description, bar_position)
+    with lock_run(run_path):
+        if not resume:
+            if overwrite:
+                remove_run(run_path)
+            else:
+                refuse_existing_run(run_path)
+        return _train(model, objective, train_batches, test_batches, settings, device, step_precision, run_path,
+                      config, resume, description, bar_position)
 
+
+def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any], test_batches: Iterable[Any] | None,
+           settings: TrainSettings, device: torch.device, step_precision: contextlib.AbstractContextManager[Any],
+           run_path: Path | None, config: Mapping[str, Any] | None, resume: bool, description: str,
+           bar_position: int | None) -> History:
+    """The body of :func:`fit`, with the run directory (if any) locked and checked."""
     torch.manual_seed(settings.seed)
     model.to(device)
     optimizer = make_optimizer(model, settings, device)
     average = ParameterAverage(model, settings.ema_decay) if settings.ema_decay else None
 
     start_epoch, step = 0, 0
+    partial: dict[str, Any] | None = None  # where a mid-epoch checkpoint left its epoch
     history = History()
     if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
         if resume:
             state = load_checkpoint(run_path / "checkpoint", model, optimizer)
             start_epoch, step = state.epoch, state.step
+            partial = state.extra.get(PARTIAL_EPOCH)
             if average is not None:
                 # a run that did not average yet starts its average from the weights it has now
                 average.load(state.averaged or dict(model.named_parameters()))
             history.records = _read_metrics(run_path / "metrics.jsonl", start_epoch)
             atomic_write_text(run_path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history.records))
-        else:
-            (run_path / "metrics.jsonl").unlink(missing_ok=True)
         if config is not None:
             full = {**config, "train": {**dict(config.get("train", {})), **asdict(settings)}}
             atomic_write_text(run_path / "config.json", json.dumps(full, indent=2, sort_keys=True) + "\n")
@@ -368,14 +418,31 @@ def fit(
 
     model.train()
     training_seconds = 0.0
+    minutes = settings.checkpoint_every_minutes
+    checkpoint_interval = minutes * 60.0 if minutes is not None and run_path is not None else None
+    last_checkpoint = time.monotonic()
     for epoch in range(start_epoch + 1, settings.epochs + 1):
         started = time.perf_counter()
         _set_epoch(train_batches, epoch)
         _set_epoch(objective, epoch)  # an objective with a schedule (e.g. KL warm-up) may follow the epoch
         means = RunningMeans()
         lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(train_batches, desc=f"{description} {epoch}/{settings.epochs}", leave=False,
-                   disable=not settings.progress, dynamic_ncols=True, position=bar_position)
+        batches = iter(train_batches)
+        done, earlier_seconds, units = 0, 0.0, {}
+        if partial is not None and partial["epoch"] == epoch:
+            # continue inside the epoch of a mid-epoch checkpoint: its sums, and its batches replayed unused,
+            # which advances the data's per-epoch streams (permutation, binarisation) past them
+            done, earlier_seconds, units = int(partial["batches"]), float(partial["seconds"]), partial["units"]
+            means.sums, means.count = {k: float(v) for k, v in partial["sums"].items()}, int(partial["count"])
+            for _ in range(done):
+                if next(batches, None) is None:
+                    raise TrainingError(f"the checkpoint was written after {done} batches of epoch {epoch}, but "
+                                        f"the training data now yields fewer; resume with the data the run was "
+                                        f"trained on")
+        partial = None
+        bar = tqdm(batches, total=_length(train_batches), initial=done, leave=False,
+                   desc=f"{description} {epoch}/{settings.epochs}", disable=not settings.progress,
+                   dynamic_ncols=True, position=bar_position)
         stopped = False
         for batch in bar:
             with step_precision:
@@ -386,13 +453,24 @@ def fit(
             out.loss.mean().backward()
             optimizer.step()
             step += 1
+            done += 1
             if average is not None:
                 average.update(step)
             means.update(terms)
+            units = getattr(out, "units", {})
             bar.set_postfix({k: f"{v:.4g}" for k, v in means.means().items()}, refresh=False)
             if settings.max_steps is not None and step >= settings.max_steps:
                 stopped = True
                 break
+            if checkpoint_interval is not None and time.monotonic() - last_checkpoint >= checkpoint_interval:
+                assert run_path is not None
+                position = {"epoch": epoch, "batches": done, "sums": dict(means.sums), "count": means.count,
+                            "seconds": round(earlier_seconds + time.perf_counter() - started, 3),
+                            "units": dict(units)}
+                save_checkpoint(run_path / "checkpoint", model, optimizer, epoch=epoch - 1, step=step,
+                                extra={PARTIAL_EPOCH: position},
+                                averaged=average.averaged if average is not None else None)
+                last_checkpoint = time.monotonic()
         bar.close()
         if means.count == 0:
             raise TrainingError("the training data yielded no batches; check the data size, batch_size and "
@@ -407,8 +485,8 @@ def fit(
             record["test"] = evaluate(model, objective, test_batches, device, seed=settings.seed)
             if average is not None:
                 average.swap()
-        record["units"] = dict(getattr(out, "units", {}))
-        record["seconds"] = round(time.perf_counter() - started, 3)
+        record["units"] = dict(units)
+        record["seconds"] = round(earlier_seconds + time.perf_counter() - started, 3)
         training_seconds += record["seconds"]
         # a budget: stop when the next epoch, if it takes as long as this one, would end past the limit
         if settings.time_limit is not None and training_seconds + record["seconds"] > settings.time_limit:
@@ -427,8 +505,14 @@ def fit(
             if last or epoch % settings.checkpoint_every == 0:
                 save_checkpoint(run_path / "checkpoint", model, optimizer, epoch=epoch, step=step,
                                 averaged=average.averaged if average is not None else None)
+                last_checkpoint = time.monotonic()
         if stopped:
             break
     if average is not None:
         average.swap()  # hand back the averaged weights
     return history
+
+
+__all__ = ["DEVICES", "PRECISIONS", "History", "NonFiniteLossError", "ParameterAverage", "RunExistsError",
+           "RunLockedError", "RunningMeans", "TrainSettings", "TrainingError", "epochs_in_budget", "evaluate",
+           "fit", "make_optimizer", "resolve_device", "training_precision"]
