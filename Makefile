@@ -5,8 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dgmlab-setup
 OUT    ?= runs/pset1
+LAB_STAMP := $(VENV)/.dgmlab-lab
+LAB_ARGS  ?=
 
-.PHONY: setup demo test lint docs serve-docs clean
+.PHONY: setup demo test lint docs serve-docs lab clean
 
 setup: $(STAMP)
 
@@ -33,6 +35,17 @@ docs: setup
 
 serve-docs: docs
 	$(BIN)/python -m http.server --directory site --bind 127.0.0.1 8000
+
+# The notebooks as a student opens them: JupyterLab (the `lab` extra, pinned in constraints.txt) in .venv,
+# the project's interpreter registered as the kernel "dgmlab (.venv)", then `jupyter lab notebooks/`.
+# Pass options to JupyterLab with LAB_ARGS, e.g.  make lab LAB_ARGS="--no-browser --port 8889"
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
+
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name dgmlab --display-name "dgmlab (.venv)"
+	touch $(LAB_STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

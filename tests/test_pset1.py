@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dgmlab.cli import main
+from dgmlab.data import mnist_tensors
 from dgmlab.experiments.pset1 import kl_estimator_check
 from dgmlab.models import VAE
 
@@ -23,6 +24,19 @@ EXPECTED_FIGURES = {
                      "interpolation"],
     "kl_check": ["kl_estimator_convergence"],
 }
+
+
+def constant_decoder_mse(data: dict) -> float:
+    """Test MSE of the best decoder that ignores its code: the mean training image, on a run's data slices
+    (``data`` is a run's ``config.json`` "data" table). About 0.064 on the quick run's 2,000 test images
+    (0.0675 on all 10,000)."""
+    x_train, _, _ = mnist_tensors("train", view="grey", limit=data.get("limit") or None)
+    x_test, _, _ = mnist_tensors("test", view="grey", limit=data.get("test_limit") or None)
+    return float(((x_test - x_train.mean(0)) ** 2).mean())
+
+
+def run_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +64,16 @@ def test_report_embeds_every_promised_figure(quick_run):
 def test_metrics_pass_sanity_bounds(quick_run):
     metrics = json.loads((quick_run / "metrics.json").read_text())
     assert metrics["quick"] is True
-    # predicting the mean test image has MSE 0.0674: the lr 1e-3 models beat it after 3 quick epochs
+    constant = constant_decoder_mse(json.loads((quick_run / "ae" / "config.json").read_text())["data"])
+    # The lr 1e-3 models beat a decoder that ignores its code after 3 quick epochs (measured: AE 0.955x,
+    # VAE with analytic KL 0.90x of it).
     for key in ("ae", "vae_analytic"):
-        assert 0.0 < metrics[key]["test"]["mse"] < 0.0674, key
-    assert 0.0 < metrics["vae_mc"]["test"]["mse"] < 0.2  # lr 1e-4 learns slowly; the full run reaches ~0.05
+        assert 0.0 < metrics[key]["test"]["mse"] < constant, key
+    # The problem set's lr 1e-4 does not get there in 3 quick epochs (0.153, worse than the constant; the
+    # full run reaches 0.75x of it, and test_vae_with_monte_carlo_kl_beats_a_constant_decoder checks it):
+    # here, only that the test error falls (measured: 0.221 -> 0.153, 0.69x).
+    vae_mc = run_records(quick_run / "vae_mc")
+    assert 0.0 < vae_mc[-1]["test"]["mse"] < 0.85 * vae_mc[0]["test"]["mse"]
     for key in ("ae", "vae_mc", "vae_analytic"):
         m = metrics[key]
         history = [json.loads(line) for line in (quick_run / key / "metrics.jsonl").read_text().splitlines()]
@@ -64,6 +84,22 @@ def test_metrics_pass_sanity_bounds(quick_run):
     kl = metrics["kl_check"]
     assert 0.01 < kl["analytic_kl_nats"] < 0.2  # about 0.058 for an untrained encoder
     assert -0.75 < kl["slope"] < -0.3
+
+
+@pytest.mark.slow
+def test_vae_with_monte_carlo_kl_beats_a_constant_decoder(tmp_path, single_thread):
+    """The problem set's VAE (2-D latent, MSE + 1e-4 KL with the Monte-Carlo KL) on the quick run's data, at
+    lr 1e-3 for 10 epochs (470 steps): its decoder must use the code. A decoder that ignores it scores at
+    best the constant below; the full problem-set run reaches 0.75x of it (0.0504 vs 0.0675) and this run
+    measures 0.82x. 0.87x leaves room for rounding across machines and is out of reach without the code."""
+    out = tmp_path / "vae_mc"
+    assert main(["train", "--config", "vae_mc", "--out", str(out), "--epochs", "10", "--lr", "1e-3",
+                 "--set", "data.limit=12000", "--set", "data.test_limit=2000", "--device", "cpu",
+                 "--no-progress"]) == 0
+    constant = constant_decoder_mse(json.loads((out / "config.json").read_text())["data"])
+    records = run_records(out)
+    assert len(records) == 10
+    assert records[-1]["test"]["mse"] < 0.87 * constant, (records[-1]["test"]["mse"], constant)
 
 
 def test_kl_estimator_check_error_falls_like_inverse_sqrt_n():
