@@ -7,7 +7,7 @@ A configuration has four tables; every key has a default except ``model.name``::
     hidden_dims = [128, 32, 16, 4]
     likelihood = "gaussian"       # input_dim is taken from the data when omitted
     init_output_bias = false      # start the output biases at the training data's mean (its logit for
-                                  # Bernoulli outputs): models with an init_output_bias method
+                                  # Bernoulli outputs): VAE, FVSBN, Bengio, NADE, MADE
 
     [data]
     name = "mnist"                # "mnist" or "torus"
@@ -30,15 +30,22 @@ A configuration has four tables; every key has a default except ``model.name``::
     seed = 0
 
 Any key can be overridden from the command line with ``--set table.key=value`` (TOML syntax for the value).
+
+The configurations of the problem sets and benchmarks ship inside the package (``dgmlab/configs/*.toml``):
+:func:`load_config` takes a path or the name of a bundled one (``load_config("vae_mc")``), and
+:func:`bundled_configs` lists them. A run's ``config.json`` adds a ``data_spec`` table (:class:`DataSpec`:
+the data's kind and the shape of one example), so loading a run never guesses a shape.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,7 @@ import torch
 from torch import nn
 
 from dgmlab import data as dgdata
+from dgmlab.errors import ConfigError
 from dgmlab.models import INPUT_DIM_ARGUMENT, build_model
 from dgmlab.objectives import (
     KL_ESTIMATORS,
@@ -63,27 +71,68 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the key and the valid choices."""
-
-
 TABLES = ("model", "data", "objective", "train")
+RECORDED = ("name", "data_spec")  # written into a run's config.json by dgmlab, not options
+
+
+def bundled_configs() -> dict[str, str]:
+    """The configurations that ship with dgmlab: name -> the file's opening comment (its first
+    100 characters)."""
+    found = {}
+    for entry in sorted(resources.files("dgmlab.configs").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            summary = []
+            for line in entry.read_text(encoding="utf-8").splitlines():
+                if not line.startswith("#") or (summary and not line.lstrip("# ").strip()):
+                    break
+                summary.append(line.lstrip("# ").strip())
+            text = " ".join(part for part in summary if part)
+            found[entry.name[: -len(".toml")]] = text if len(text) <= 100 else text[:100].rsplit(" ", 1)[0] + " ..."
+    return found
+
+
+def bundled_config(name: str) -> str:
+    """The TOML text of the bundled configuration ``name`` (``"vae_mc"``), or a ConfigError listing them."""
+    entry = resources.files("dgmlab.configs") / f"{name}.toml"
+    if not name or "/" in name or not entry.is_file():
+        raise ConfigError(f"config {name!r} does not exist: no such file, and no bundled config of that name; "
+                          f"bundled configs: {', '.join(bundled_configs())} (dgmlab configs lists them)")
+    return entry.read_text(encoding="utf-8")
+
+
+def config_name(source: str | Path) -> str:
+    """The name a run of ``source`` (a path or a bundled name) gets by default: the file's stem."""
+    return Path(source).stem
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (or JSON, e.g. a run's ``config.json``) configuration file."""
+    """Read a TOML (or JSON, e.g. a run's ``config.json``) configuration file, or a bundled configuration by
+    name (``load_config("vae_mc")``; a file of that name in the working directory comes first)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if path.is_file():
+        return _parse(path.read_text(encoding="utf-8"), str(path), json_text=path.suffix == ".json")
+    if path.suffix in ("", ".toml") and len(path.parts) == 1:
+        if path.stem in bundled_configs():
+            return load_bundled_config(path.stem)
+        raise ConfigError(f"config file {path} does not exist, and no bundled config is named {path.stem!r}; bundled "
+                          f"configs: {', '.join(bundled_configs())} (dgmlab configs lists them)")
+    raise ConfigError(f"config file {path} does not exist; give a TOML file or the name of a bundled config "
+                      f"({', '.join(bundled_configs())})")
+
+
+def load_bundled_config(name: str) -> dict[str, Any]:
+    """The bundled configuration ``name`` (``"ae"``, ``"vae_mc"``...), whatever files the working directory holds."""
+    return _parse(bundled_config(name), f"bundled config {name!r}", json_text=False)
+
+
+def _parse(text: str, source: str, json_text: bool) -> dict[str, Any]:
     try:
-        config = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        config = json.loads(text) if json_text else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
-                          f"{error}") from None
-    unknown = sorted(set(config) - set(TABLES) - {"name"})
+        raise ConfigError(f"config file {source} is not valid {'JSON' if json_text else 'TOML'}: {error}") from None
+    unknown = sorted(set(config) - set(TABLES) - set(RECORDED))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown table(s) {', '.join(unknown)}; "
+        raise ConfigError(f"config file {source}: unknown table(s) {', '.join(unknown)}; "
                           f"valid tables are {', '.join(TABLES)}")
     return config
 
@@ -108,16 +157,70 @@ def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str
 # ----------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------
+DATA_KINDS = ("images", "points")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What one example of a data set is, recorded in every run's ``config.json`` as ``data_spec``.
+
+    ``kind``: ``"images"`` or ``"points"``; ``example_shape``: the shape of one example as the model sees it
+    (``(784,)`` flat, ``(1, 28, 28)`` as images, ``(3,)`` for points); ``image_shape``: ``(C, H, W)`` to show an
+    example as an image (``None`` for points); ``view``: the values (``"dynamic"``, ``"grey"``,
+    ``"dequantized"``...); ``num_classes``: labels in every batch (``0``: none)."""
+
+    kind: str
+    example_shape: tuple[int, ...]
+    image_shape: tuple[int, int, int] | None = None
+    view: str = ""
+    num_classes: int = 0
+
+    @property
+    def dims(self) -> int:
+        """Values per example, :math:`D` (784 for MNIST)."""
+        return math.prod(self.example_shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, table: Mapping[str, Any]) -> DataSpec:
+        try:
+            spec = cls(kind=str(table["kind"]), example_shape=tuple(int(v) for v in table["example_shape"]),
+                       image_shape=(None if table.get("image_shape") is None
+                                    else tuple(int(v) for v in table["image_shape"])),  # type: ignore[arg-type]
+                       view=str(table.get("view", "")), num_classes=int(table.get("num_classes", 0)))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"data_spec {dict(table)!r} is not a valid data description ({error}); it needs kind "
+                              f"and example_shape") from None
+        if spec.kind not in DATA_KINDS:
+            raise ConfigError(f"data_spec.kind must be one of {', '.join(DATA_KINDS)}, got {spec.kind!r}")
+        return spec
+
+
 @dataclass
 class DataBundle:
     """Batches for training and evaluation, plus what figures need (test images and labels)."""
 
     train: Any
     test: Any | None
-    input_dim: int
+    spec: DataSpec
     test_x: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
-    kind: str = "images"
+
+    @property
+    def input_dim(self) -> int:
+        """Values per example (``spec.dims``)."""
+        return self.spec.dims
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def train_examples(self) -> torch.Tensor:
+        """Every training example in its stored view (grey levels for per-epoch binarizations)."""
+        return self.train.tensors[0]
 
 
 def _mnist_data(cfg: dict[str, Any], seed: int) -> DataBundle:
@@ -148,7 +251,9 @@ def _mnist_data(cfg: dict[str, Any], seed: int) -> DataBundle:
                                                       data_dir=data_dir, limit=test_limit)
         test_tensors = (test_x, test_labels) if with_labels else (test_x,)
         test = dgdata.TensorBatches(*test_tensors, batch_size=1000 if flatten else 250, shuffle=False, seed=seed)
-    return DataBundle(train=train, test=test, input_dim=x[0].numel(), test_x=test_x, test_labels=test_labels)
+    spec = DataSpec(kind="images", example_shape=tuple(x.shape[1:]), image_shape=(1, IMAGE_SIDE, IMAGE_SIDE),
+                    view=view, num_classes=10 if with_labels else 0)
+    return DataBundle(train=train, test=test, spec=spec, test_x=test_x, test_labels=test_labels)
 
 
 def _torus_data(cfg: dict[str, Any], seed: int) -> DataBundle:
@@ -160,15 +265,26 @@ def _torus_data(cfg: dict[str, Any], seed: int) -> DataBundle:
     test_points, _ = dgdata.torus_point_cloud(**held_out)
     train = dgdata.TensorBatches(points, batch_size=batch_size, shuffle=True, seed=seed)
     test = dgdata.TensorBatches(test_points, batch_size=len(test_points), shuffle=False, seed=seed)
-    return DataBundle(train=train, test=test, input_dim=3, test_x=test_points, kind="points")
+    spec = DataSpec(kind="points", example_shape=(3,), view="points")
+    return DataBundle(train=train, test=test, spec=spec, test_x=test_points)
 
 
+IMAGE_SIDE = 28
 DATASETS: dict[str, Callable[[dict[str, Any], int], DataBundle]] = {"mnist": _mnist_data, "torus": _torus_data}
 
 
 def _reject_unknown(table: str, rest: Mapping[str, Any]) -> None:
     if rest:
         raise ConfigError(f"[{table}] has unknown key(s): {', '.join(sorted(rest))}")
+
+
+def recorded_data_spec(config: Mapping[str, Any]) -> DataSpec:
+    """The ``data_spec`` a run recorded in its ``config.json``; a ConfigError for a run that has none."""
+    table = config.get("data_spec")
+    if not isinstance(table, Mapping):
+        raise ConfigError("the run's config.json has no data_spec table (the kind and shape of its data); it was "
+                          "written by an older dgmlab: retrain it, or add the table by hand")
+    return DataSpec.from_json(table)
 
 
 def build_data(config: Mapping[str, Any], seed: int = 0) -> DataBundle:
@@ -216,7 +332,7 @@ def _nll(cfg: dict[str, Any]) -> Objective:
             if len(batch) < 2:
                 raise ConfigError("objective.conditional = true needs the labels in the batches: set "
                                   "data.labels = true")
-            return exact_nll(model, batch[0], batch[1])
+            return exact_nll(model, batch[0], context=batch[1])
         return conditional_nll
     return lambda model, batch: exact_nll(model, _first(batch))
 
@@ -251,7 +367,6 @@ def build_objective(config: Mapping[str, Any]) -> Objective:
 def build_model_from_config(config: Mapping[str, Any], input_dim: int | None = None) -> nn.Module:
     """Build the model of a configuration's ``[model]`` table (``input_dim`` defaults to the data's)."""
     cfg = dict(config.get("model", {}))
-    cfg.pop("init_output_bias", None)  # an initialisation step, done by dgmlab.experiments.runs.prepare
     name = cfg.pop("name", None)
     if name is None:
         raise ConfigError("[model] needs a name, e.g. name = \"vae\"")
