@@ -16,16 +16,16 @@ need no bound). Each model trains for a time budget (``--minutes``, per model): 
 measured on this machine from a short probe, the learning rate decays exponentially from ``lr`` to
 ``lr / 20`` over those epochs, and the evaluated weights are an exponential moving average (decay 0.999).
 The vector models (FVSBN, Bengio, NADE, MADE) start with their output biases at the logit of the training
-images' mean grey level (``init_output_bias``). MADE is 784-1024-1024-784 with GELU units and the paper's
+images' mean grey level (``set_output_bias``). MADE is 784-1024-1024-784 with GELU units and the paper's
 direct input-to-output connections (``direct=True``), one mask, natural (raster) order. NADE (H = 500) trains
 with batches of 64 at lr 3e-3: its step costs the same per example at any batch size (memory-bound), so
 smaller batches buy more updates in the budget (training NLL after 2 epochs: 110.6 nats at batch 256 and
 lr 2e-3, 94.9 at batch 64 and 3e-3).
 
-Published numbers (``../shared/briefs/reference-numbers.md``) use the fixed Larochelle-Murray binarization
-("static"), so they are comparable only roughly; re-implementations with dynamic binarization usually land
-about a nat lower. Targets (issue 7): MADE <= 88 nats within 30 minutes on 2 CPU cores; PixelCNN <= 82 nats
-where a GPU is available.
+Published numbers (``Spec.published`` below, each with its source) use the fixed Larochelle-Murray
+binarization ("static"), so they are comparable only roughly; re-implementations with dynamic binarization
+usually land about a nat lower. Targets (``TARGETS``): MADE <= 88 nats within 30 minutes on 2 CPU cores;
+PixelCNN <= 82 nats where a GPU is available.
 
 ``--precision bf16`` runs the training steps under bfloat16 autocast (``TrainSettings.precision``); the test
 NLL is computed in fp32 either way.
@@ -53,6 +53,7 @@ from dgmlab.data import TensorBatches, mnist_tensors
 from dgmlab.models import FVSBN, MADE, NADE, BengioNet, GatedPixelCNN, PixelCNN, count_parameters
 from dgmlab.objectives import exact_nll
 from dgmlab.train import PRECISIONS, TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
+from dgmlab.utils import device_of
 
 
 @dataclasses.dataclass
@@ -100,7 +101,7 @@ def sampling_speed(model: nn.Module, name: str, device: torch.device, n: int) ->
 
 def save_samples_figure(model: nn.Module, name: str, test_nll: float, n: int, path: Path) -> None:
     """``n`` samples of the trained (averaged) weights in a grid titled with the test NLL."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+    generator = torch.Generator(device=device_of(model)).manual_seed(0)
     images = model.sample(n, generator=generator).reshape(n, 28, 28).cpu()
     figure = plots.image_grid(images, nrow=int(math.sqrt(n)) or 1,
                               title=f"{name}: {n} samples (test NLL {test_nll:.2f} nats)")
@@ -117,8 +118,8 @@ def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, 
         x_test = x_test[: args.eval_limit]
     torch.manual_seed(args.seed)
     model = spec.build(args)
-    if hasattr(model, "init_output_bias") and not args.no_bias_init:  # the vector models: independent pixels
-        model.init_output_bias(x_train.reshape(len(x_train), -1).mean(0))
+    if hasattr(model, "set_output_bias") and not args.no_bias_init:  # the vector models: independent pixels
+        model.set_output_bias(x_train.reshape(len(x_train), -1).mean(0))
     model = model.to(device)
     if args.sampling_only:  # speed does not depend on the weights: an untrained model, no data needed
         rates = sampling_speed(model, name, device, args.sampling or 16)
@@ -139,7 +140,7 @@ def run(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, 
                              time_limit=args.minutes * 60, progress=False, ema_decay=0.999, precision=args.precision)
     run_dir = args.out / name
     started = time.perf_counter()
-    history = fit(model, objective, train, settings=settings, run_dir=run_dir,
+    history = fit(model, objective, train, settings=settings, run_dir=run_dir, overwrite=args.overwrite,
                   config={"benchmark": "ar_mnist_nll", "model": name, **{k: str(v) for k, v in vars(args).items()}})
     train_minutes = (time.perf_counter() - started) / 60
     test = TensorBatches(x_test.to(device), batch_size=500 if not spec.image else 100, shuffle=False)
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_ar_nll"))
+    parser.add_argument("--overwrite", action="store_true", help="replace the runs that --out holds already")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = sorted(set(names) - set(SPECS))

@@ -58,10 +58,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dgmlab.config import apply_overrides, build_model_from_config, build_settings, load_config
+from dgmlab.config import apply_overrides, build_model_from_config, build_settings, load_bundled_config
 from dgmlab.data import load_mnist
 from dgmlab.experiments.pset1 import (
-    CONFIGS,
     EXPERIMENTS,
     REFERENCE,
     run_kl_check,
@@ -315,7 +314,7 @@ def experiment_config(file: str, device: str, seed: int, epochs: int | None) -> 
     overrides = [f'train.device="{device}"', f"train.seed={seed}", "train.progress=false"]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
-    return apply_overrides(load_config(CONFIGS / file), overrides)
+    return apply_overrides(load_bundled_config(Path(file).stem), overrides)
 
 
 def run_dgmlab(key: str, title: str, file: str, out: Path, device: str, seed: int,
@@ -389,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         for key, title, file in EXPERIMENTS:
             if key not in selected:
                 continue
-            full_epochs = load_config(CONFIGS / file)["train"]["epochs"]
+            full_epochs = load_bundled_config(Path(file).stem)["train"]["epochs"]
             epochs = max(1, round(full_epochs * args.epochs_scale))
             config = experiment_config(file, args.device, args.seed, epochs)
             print(f"\n{key}: {epochs} epoch(s) (problem set: {full_epochs}); "

@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_vae_nll"))
+    parser.add_argument("--overwrite", action="store_true", help="replace the run that --out holds already")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the trained run in --out (e.g. on a GPU) instead of training")
     args = parser.parse_args()
@@ -120,7 +121,7 @@ def main() -> None:
         result = json.loads(result_path.read_text()) if result_path.exists() else training_summary(args.out, model)
     else:
         train = TensorBatches(x_train.to(device), batch_size=args.batch_size, seed=args.seed, transform=transform)
-        model.init_output_bias(x_train.mean(0))
+        model.set_output_bias(x_train.mean(0))
         epochs = args.epochs or epochs_in_budget(model, lambda m, b: negative_elbo(m, b[0]), train,
                                                  args.minutes * 60, probe_steps=60)
         # lr decays exponentially from --lr to --lr-final over the planned epochs
@@ -132,6 +133,7 @@ def main() -> None:
                                  ema_decay=args.ema_decay or None)
         started = time.perf_counter()
         history = fit(model, WarmupELBO(args.warmup_epochs), train, settings=settings, run_dir=args.out,
+                      overwrite=args.overwrite,
                       config={"benchmark": "vae_mnist_nll", **vars(args), "out": str(args.out)})
         result = {
             "model": f"VAE(784, {[*args.hidden, 2 * args.latent]}, bernoulli, {args.activation})",

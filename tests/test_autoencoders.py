@@ -88,7 +88,7 @@ def test_sample_and_output_bias_initialisation():
     samples = vae.sample(7, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (7, 16) and ((samples >= 0) & (samples <= 1)).all()
     mean_image = torch.linspace(0.05, 0.95, 16)
-    vae.init_output_bias(mean_image)
+    vae.set_output_bias(mean_image)
     last = [m for m in vae.decoder.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
         last.weight.zero_()

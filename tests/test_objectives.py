@@ -257,8 +257,8 @@ class FactorizedBernoulli(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(torch.randn(max(num_classes, 1), dim))
 
-    def log_prob(self, x, y=None):
-        logits = self.logits[0] if y is None else self.logits[y]
+    def log_prob(self, x, *, context=None):
+        logits = self.logits[0] if context is None else self.logits[context]
         return torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
 
 
@@ -272,7 +272,7 @@ def test_exact_nll_is_minus_log_prob_in_nats_and_bits():
     out = exact_nll(model, x)
     torch.testing.assert_close(out.loss, -model.log_prob(x))
     torch.testing.assert_close(out.terms["bits_per_dim"], out.terms["nll"] / (6 * math.log(2)))
-    conditional = exact_nll(model, x, y)
-    torch.testing.assert_close(conditional.loss, -model.log_prob(x, y))
+    conditional = exact_nll(model, x, context=y)
+    torch.testing.assert_close(conditional.loss, -model.log_prob(x, context=y))
     assert not torch.allclose(conditional.loss, out.loss)
     assert out.units["nll"] == "nats"

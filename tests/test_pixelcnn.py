@@ -36,7 +36,7 @@ def tiny_model(cls, num_classes: int = 0, seed: int = 0, image_size: int = 6, **
         if cls is PixelCNN:  # running statistics from a few training-mode passes
             for _ in range(3):
                 x = torch.bernoulli(torch.full((8, 1, image_size, image_size), 0.4, dtype=torch.float64))
-                model(x, torch.arange(8) % num_classes if num_classes else None)
+                model(x, context=torch.arange(8) % num_classes if num_classes else None)
     return model.eval()
 
 
@@ -91,7 +91,7 @@ def test_autoregressive_property_by_jacobian(cls, num_classes):
     jacobian = torch.zeros(height * width, height * width, dtype=torch.float64)
     for seed in range(3):  # several random inputs, so that no ReLU that happens to be off hides a dependency
         x = torch.rand(1, 1, height, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        jacobian += torch.autograd.functional.jacobian(lambda x: model(x, y).flatten(), x).reshape(
+        jacobian += torch.autograd.functional.jacobian(lambda x: model(x, context=y).flatten(), x).reshape(
             height * width, height * width
         ).abs()
     upper = torch.triu(torch.ones_like(jacobian, dtype=torch.bool))  # q >= p
@@ -105,7 +105,7 @@ def test_receptive_field_never_includes_the_pixel_or_later_ones(cls, num_classes
     height, width = 5, 6
     model = tiny_model(cls, num_classes, image_size=height, channels=3, num_layers=4)
     for row, column in itertools.product(range(height), range(width)):
-        field = receptive_field(model, (row, column), (height, width), y=1 if num_classes else None)
+        field = receptive_field(model, (row, column), (height, width), context=1 if num_classes else None)
         assert field.dtype == torch.bool and field.shape == (height, width)
         later = torch.arange(height * width).reshape(height, width) >= row * width + column
         assert not field[later].any(), (row, column)
@@ -254,7 +254,7 @@ def test_exact_normalisation_over_all_4x4_images(cls, num_classes):
     images = all_binary_images(4, 4)  # 65,536
     y = torch.full((images.shape[0],), 2) if num_classes else None
     with torch.no_grad():
-        log_p = model.log_prob(images, y)
+        log_p = model.log_prob(images, context=y)
     assert log_p.shape == (65536,) and torch.all(log_p <= 0)
     assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-4)
     assert log_p.std() > 0.5  # a far from uniform model: the check is not trivially met
@@ -302,7 +302,7 @@ def test_class_biases_start_at_zero():
     torch.manual_seed(0)
     plain = PixelCNN(4, 2, 3, 3, image_size=5).eval()
     x = torch.bernoulli(torch.full((3, 1, 5, 5), 0.5))
-    torch.testing.assert_close(conditional(x, torch.tensor([0, 1, 2])), plain(x))
+    torch.testing.assert_close(conditional(x, context=torch.tensor([0, 1, 2])), plain(x))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -314,8 +314,8 @@ def test_fast_and_naive_sampling_give_identical_samples(cls, num_classes):
     model = tiny_model(cls, num_classes, image_size=5, num_layers=3, kernel_size=5)
     y = labels_for(model, 6)
     for seed in range(2):
-        fast = model.sample(6, y, generator=torch.Generator().manual_seed(seed), image_size=(5, 7))
-        naive = model.sample(6, y, generator=torch.Generator().manual_seed(seed), image_size=(5, 7), fast=False)
+        fast = model.sample(6, context=y, generator=torch.Generator().manual_seed(seed), image_size=(5, 7))
+        naive = model.sample(6, context=y, generator=torch.Generator().manual_seed(seed), image_size=(5, 7), fast=False)
         assert fast.shape == (6, 1, 5, 7)
         assert torch.equal(fast, naive)
         assert set(fast.unique().tolist()) <= {0.0, 1.0}
@@ -356,16 +356,16 @@ def test_complete_keeps_known_rows(cls):
     model = tiny_model(cls, num_classes=2, image_size=6)
     x = torch.bernoulli(torch.full((3, 1, 6, 6), 0.5, dtype=torch.float64))
     y = torch.tensor([0, 1, 1])
-    completed = model.complete(x, 3, y, generator=torch.Generator().manual_seed(1))
-    naive = model.complete(x, 3, y, generator=torch.Generator().manual_seed(1), fast=False)
+    completed = model.complete(x, 3, context=y, generator=torch.Generator().manual_seed(1))
+    naive = model.complete(x, 3, context=y, generator=torch.Generator().manual_seed(1), fast=False)
     assert completed.shape == x.shape and torch.equal(completed, naive)
     assert torch.equal(completed[:, :, :3], x[:, :, :3])
     assert set(completed.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(completed, x)  # 54 sampled pixels (the chance that all match is negligible)
-    assert torch.equal(model.complete(x, 6, y), x)
+    assert torch.equal(model.complete(x, 6, context=y), x)
     # complete(x, 0) is a fresh draw: the same as sample() with the same generator
-    start = model.complete(x, 0, y, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(start, model.sample(3, y, generator=torch.Generator().manual_seed(2), image_size=6))
+    start = model.complete(x, 0, context=y, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(start, model.sample(3, context=y, generator=torch.Generator().manual_seed(2), image_size=6))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -378,16 +378,16 @@ def test_constructor_errors():
         MaskedConv2d(1, 4, 3, "C")
     with pytest.raises(ModelConfigError, match="1x1 kernel of type A"):
         MaskedConv2d(1, 4, 1, "A")
-    with pytest.raises(ModelConfigError, match="out_channels must be an integer >= 1"):
+    with pytest.raises(ModelConfigError, match="out_channels must be a positive integer"):
         MaskedConv2d(1, 0, 3)
     for cls in MODELS:
-        with pytest.raises(ModelConfigError, match=rf"{cls.__name__}: channels must be an integer >= 1"):
+        with pytest.raises(ModelConfigError, match=rf"{cls.__name__}: channels must be a positive integer"):
             cls(channels=0)
         with pytest.raises(ModelConfigError, match="kernel_size .* odd integer >= 3"):
             cls(kernel_size=6)
         with pytest.raises(ModelConfigError, match="hidden_kernel must be an odd"):
             cls(hidden_kernel=2)
-        with pytest.raises(ModelConfigError, match="num_layers must be an integer >= 1"):
+        with pytest.raises(ModelConfigError, match="num_layers must be a positive integer"):
             cls(num_layers=0)
         with pytest.raises(ModelConfigError, match="num_classes"):
             cls(num_classes=-1)
@@ -400,16 +400,16 @@ def test_input_errors(cls):
     conditional = cls(channels=2, num_layers=2, kernel_size=3, num_classes=3, image_size=4)
     plain = cls(channels=2, num_layers=2, kernel_size=3, image_size=4)
     x = torch.zeros(2, 1, 4, 4)
-    with pytest.raises(ValueError, match=r"class-conditional \(num_classes=3\): pass labels y"):
+    with pytest.raises(ValueError, match=r"class-conditional \(num_classes=3\): pass labels as context="):
         conditional.log_prob(x)
     with pytest.raises(ValueError, match=r"labels must lie in 0..2 .* got values in 0..3"):
-        conditional(x, torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match=r"y must have shape \[2\]"):
-        conditional(x, torch.tensor([0, 1, 2]))
+        conditional(x, context=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"context must have shape \[2\]"):
+        conditional(x, context=torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="integer tensor"):
-        conditional(x, torch.tensor([0.0, 1.0]))
+        conditional(x, context=torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="unconditional"):
-        plain(x, torch.tensor([0, 1]))
+        plain(x, context=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\].*x.view\(-1, 1, 28, 28\)"):
         plain.log_prob(torch.zeros(2, 16))
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
@@ -452,15 +452,15 @@ def test_golden_training_run_on_two_prototypes(num_classes, threshold):
     y = labels if num_classes else None
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     with torch.no_grad():
-        start = -model.eval().log_prob(data, y).mean().item()
+        start = -model.eval().log_prob(data, context=y).mean().item()
     model.train()
     for _ in range(150):
-        loss = -model.log_prob(data, y).mean()
+        loss = -model.log_prob(data, context=y).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        nll = -model.eval().log_prob(data, y).mean().item()
+        nll = -model.eval().log_prob(data, context=y).mean().item()
     assert start > 20 and nll < threshold, (start, nll)
     if num_classes == 0:
         assert nll > math.log(2) - 0.05  # cannot beat the entropy of the data

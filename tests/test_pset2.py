@@ -151,7 +151,7 @@ def test_conditional_training_uses_the_labels(tiny_conditional_run):
     run = tiny_conditional_run
     assert run.model.num_classes == 10 and run.data.test_labels is not None
     with torch.no_grad():
-        true_mean = (-run.model.log_prob(run.data.test_x, run.data.test_labels)).mean().item()
+        true_mean = (-run.model.log_prob(run.data.test_x, context=run.data.test_labels)).mean().item()
     assert run.history.records[-1]["test"]["nll"] == pytest.approx(true_mean, rel=1e-5)
 
 
@@ -194,8 +194,8 @@ def test_summed_bce_is_the_nll(num_classes):
     y = torch.arange(6) if num_classes else None
     bce = summed_bce(model, x, y)
     with torch.no_grad():
-        nll = -(model.log_prob(x) if y is None else model.log_prob(x, y))
-        probabilities = torch.sigmoid(model(x) if y is None else model(x, y))
+        nll = -(model.log_prob(x) if y is None else model.log_prob(x, context=y))
+        probabilities = torch.sigmoid(model(x, context=y))
     assert bce.shape == (6,)
     torch.testing.assert_close(bce, nll, rtol=1e-5, atol=1e-3)
     # the problem set's printed loss: BCE averaged over pixels and the batch = mean NLL / 784
@@ -214,8 +214,8 @@ def test_teacher_forced_reconstruction_samples_eval_mode_probabilities(num_class
     assert recon.shape == x.shape and set(recon.unique().tolist()) <= {0.0, 1.0}
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        eval_probabilities = torch.sigmoid(model.eval()(x, y))
-        train_probabilities = torch.sigmoid(model.train()(x, y))
+        eval_probabilities = torch.sigmoid(model.eval()(x, context=y))
+        train_probabilities = torch.sigmoid(model.train()(x, context=y))
     torch.testing.assert_close(recon, (noise < eval_probabilities).float())
     assert not torch.equal(recon, (noise < train_probabilities).float())  # training mode would differ
 
@@ -237,7 +237,7 @@ def test_samples_per_class_are_binary_class_ordered_and_made_in_eval_mode():
     assert model.training
     assert images.shape == (20, 1, 28, 28) and set(images.unique().tolist()) <= {0.0, 1.0}
     assert labels.tolist() == [k for k in range(10) for _ in range(2)]
-    reference = model.eval().sample(20, y=labels, generator=torch.Generator().manual_seed(3))
+    reference = model.eval().sample(20, context=labels, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(images, reference)
     with pytest.raises(ValueError, match="class-conditional model"):
         samples_per_class(_tiny_model(), 2)
@@ -266,7 +266,7 @@ def test_mean_pixel_nll_sums_to_the_mean_nll(num_classes):
     heat = mean_pixel_nll(model, x, y, batch_size=3)
     assert heat.shape == (28, 28) and bool((heat >= 0).all()) and model.training
     with torch.no_grad():
-        nll = -(model.eval().log_prob(x, y))
+        nll = -(model.eval().log_prob(x, context=y))
     assert heat.sum().item() == pytest.approx(nll.mean().item(), rel=1e-5)
     torch.testing.assert_close(heat, mean_pixel_nll(model, x, y, batch_size=250))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):

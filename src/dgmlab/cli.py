@@ -2,8 +2,10 @@
 
 Subcommands::
 
-    dgmlab train --config configs/vae_mc.toml [--out runs/x] [--epochs N] [--lr X] [--set table.key=value]
+    dgmlab train --config vae_mc [--out runs/x] [--epochs N] [--lr X] [--set table.key=value]
+    dgmlab configs                                 # the bundled configs, by name
     dgmlab train --resume runs/x [--epochs N]      # continue a run from its last checkpoint
+    dgmlab train --config vae_mc --overwrite       # replace the run in runs/vae_mc (without it: refused)
     dgmlab eval runs/x [--iw-samples 5000]         # test-set metrics of a trained run
     dgmlab sample runs/x [--n 64] [--class 7]      # a grid of samples (of one class, if conditional)
     dgmlab pset1 [--quick] [--out DIR]             # problem set 1, end to end, with a report
@@ -25,7 +27,7 @@ from dgmlab import __version__
 
 
 class CLIError(Exception):
-    """An error to report on one line."""
+    """A wrong combination of command-line arguments, reported on one line."""
 
 
 def _positive_int(text: str) -> int:
@@ -73,11 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser("train", help="train a model from a TOML config file, or resume a run",
-                           description="Train a model from a TOML config file (see configs/), or resume a run.")
+                           description="Train a model from a TOML config file or a bundled config by name "
+                                       "(dgmlab configs lists them), or resume a run.")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path, help="TOML file with [model], [data], [objective], [train]")
+    source.add_argument("--config", metavar="CONFIG",
+                        help="a TOML file with [model], [data], [objective], [train], or the name of a bundled "
+                             "config (dgmlab configs lists them), e.g. vae_mc")
     source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its checkpoint")
-    train.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    train.epilog = ("A run is never replaced by accident: training into a folder that already holds a run "
+                    "(config.json, metrics.jsonl or a checkpoint) stops with an error; continue that run with "
+                    "--resume, replace it with --overwrite, or choose another --out. A folder that another process "
+                    "is training in is refused. With [train] checkpoint_every_minutes = M in the config (or --set "
+                    "train.checkpoint_every_minutes=M), a checkpoint is also written inside an epoch every M "
+                    "minutes, and --resume continues from it exactly.")
+    train.add_argument("--out", type=Path, help="run directory (default: runs/<config name>); it must not hold a "
+                                                "run yet, unless --overwrite")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its config, metrics, checkpoint, eval.json and "
+                            "figures; other files stay); not with --resume")
     train.add_argument("--epochs", type=_positive_int, help="number of epochs (on resume: the new total)")
     train.add_argument("--lr", type=_positive_float, help="Adam learning rate")
     train.add_argument("--batch-size", type=_positive_int, help="examples per batch")
@@ -106,10 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--class", dest="label", type=_nonnegative_int, default=None, metavar="LABEL",
                         help="for a class-conditional model: the class to sample (default: every class in turn)")
 
+    sub.add_parser("configs", help="list the bundled configs (use one with dgmlab train --config NAME)",
+                   description="List the configs that ship with dgmlab, by name, with what each trains.")
+
     pset1 = sub.add_parser("pset1", help="reproduce problem set 1 end to end and write report.html",
                            description="Run every experiment of problem set 1 and write a report.")
     pset1.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (under a minute)")
-    pset1.add_argument("--out", type=Path, default=Path("runs/pset1"), help="run directory (default runs/pset1)")
+    pset1.add_argument("--out", type=Path, default=Path("runs/pset1"),
+                       help="run directory (default runs/pset1); it must not hold a pset1 run or any of its runs "
+                            "yet, unless --overwrite")
+    pset1.add_argument("--overwrite", action="store_true",
+                       help="replace the pset1 run already in --out: its report, metrics and every run it trained")
     pset1.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     pset1.add_argument("--seed", type=_nonnegative_int, default=0)
     pset1.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -135,13 +157,15 @@ def _train(args: argparse.Namespace) -> None:
     if args.no_progress:
         overrides.append("train.progress=false")
     if args.resume is not None:
+        if args.overwrite:
+            raise CLIError("--resume continues a run and --overwrite replaces it; give one of them")
         if args.out is not None or args.overrides or args.lr or args.batch_size or args.seed is not None:
             raise CLIError("--resume continues a run with its own config; only --epochs, --device, --precision "
                            "and --no-progress may be given with it")
         run_dir = resume_run(args.resume, epochs=args.epochs, device=args.device, precision=args.precision,
                              progress=not args.no_progress)
     else:
-        run_dir = train_run(args.config, out=args.out, overrides=overrides)
+        run_dir = train_run(args.config, out=args.out, overrides=overrides, overwrite=args.overwrite)
     print(f"run written to {run_dir}")
 
 
@@ -159,26 +183,31 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"samples written to {path}")
 
 
+def _configs(args: argparse.Namespace) -> None:
+    from dgmlab.config import bundled_configs
+
+    configs = bundled_configs()
+    width = max(map(len, configs))
+    for name, summary in configs.items():
+        print(f"{name:<{width}}  {summary}")
+    print(f"\ntrain one with: dgmlab train --config NAME   (e.g. dgmlab train --config {next(iter(configs))})")
+
+
 def _pset1(args: argparse.Namespace) -> None:
     from dgmlab.experiments.pset1 import run_pset1
 
     report = run_pset1(out=args.out, quick=args.quick, device=args.device, seed=args.seed,
-                       progress=not args.no_progress, workers=args.workers)
+                       progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite)
     print(f"report written to {report}")
 
 
-COMMANDS: dict[str, Any] = {"train": _train, "eval": _eval, "sample": _sample, "pset1": _pset1}
+COMMANDS: dict[str, Any] = {"train": _train, "eval": _eval, "sample": _sample, "configs": _configs, "pset1": _pset1}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from dgmlab.checkpoint import CheckpointError
-    from dgmlab.config import ConfigError
-    from dgmlab.data import DgmlabDataError
-    from dgmlab.models import ModelConfigError
-    from dgmlab.train import TrainingError
+    from dgmlab.errors import DgmlabError
 
-    return (CLIError, ConfigError, ModelConfigError, DgmlabDataError, CheckpointError, TrainingError,
-            FileNotFoundError, ValueError)
+    return (CLIError, DgmlabError, FileNotFoundError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,11 +53,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:  # the protocols live with the models; imported for annotations only (models import this module)
+    from dgmlab.models.protocols import DensityModel, LatentVariableModel
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -143,20 +146,6 @@ def log_mean_exp(values: Tensor, dim: int) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # Objectives on models
 # ----------------------------------------------------------------------------------------------------------
-class LatentVariableModel(Protocol):
-    """What the bounds below need from a model (``dgmlab.models.VAE`` provides it)."""
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
-
-    def reparameterize(self, mean: Tensor, logvar: Tensor, n_samples: int | None = None) -> Tensor: ...
-
-    def decode(self, z: Tensor) -> Tensor: ...
-
-    def log_likelihood(self, x: Tensor, decoded: Tensor) -> Tensor: ...
-
-    def decode_mean(self, z: Tensor) -> Tensor: ...
-
-
 @dataclass
 class LossTerms:
     """Per-example loss terms of one batch.
@@ -255,20 +244,14 @@ def reconstruction_mse(model: torch.nn.Module, x: Tensor) -> LossTerms:
                                                             "mse": "squared error per dimension"})
 
 
-class DensityModel(Protocol):
-    """A model with an exact log-likelihood (autoregressive models, flows): ``log_prob(x[, y]) -> [B]`` nats."""
-
-    def log_prob(self, x: Tensor, *args: Tensor) -> Tensor: ...
-
-
-def exact_nll(model: DensityModel, x: Tensor, y: Tensor | None = None) -> LossTerms:
+def exact_nll(model: DensityModel, x: Tensor, *, context: Any = None) -> LossTerms:
     r"""The negative log-likelihood of a density model with an exact likelihood, per example, in nats.
 
     For an autoregressive model, :math:`-\log p_\theta(x) = -\sum_{i=1}^{D} \log p_\theta(x_i \mid x_{<i})`,
     which for binary data is the summed binary cross-entropy of the model's conditionals (problem set 2,
-    problem 1). ``y`` (class labels ``[B]``) is passed to class-conditional models:
+    problem 1). ``context`` (e.g. class labels ``[B]``) is passed on to a conditional model:
     :math:`-\log p_\theta(x \mid y)`. Also logs ``bits_per_dim`` = nll / (D ln 2)."""
-    log_prob = _full(model.log_prob(x) if y is None else model.log_prob(x, y))
+    log_prob = _full(model.log_prob(x, context=context))
     nll = -log_prob
     dims = x[0].numel()
     return LossTerms(loss=nll, terms={"nll": nll, "bits_per_dim": nll / (dims * math.log(2.0))},

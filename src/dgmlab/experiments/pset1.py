@@ -1,8 +1,8 @@
 r"""Problem set 1, end to end: AE, VAE with the Monte-Carlo KL, VAE with the analytic KL, the KL-estimator
 check, and the torus point-cloud VAEs, with a self-contained HTML report.
 
-Each MNIST experiment uses the problem set's settings (``configs/ae.toml``, ``configs/vae_mc.toml``,
-``configs/vae_analytic.toml``) and records **true** epoch means. The reference solution printed
+Each MNIST experiment uses the problem set's settings (the bundled ``ae`` config, the bundled ``vae_mc`` config,
+the bundled ``vae_analytic`` config) and records **true** epoch means. The reference solution printed
 ``running_loss / 60000 * 96`` (the last batch's size), which is 0.376 times the true mean on MNIST; the
 report shows its printed numbers and their corrected values beside ours.
 
@@ -19,12 +19,8 @@ import html
 import json
 import math
 import multiprocessing
-import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +29,16 @@ import torch
 
 from dgmlab import plots
 from dgmlab.checkpoint import atomic_write_text
-from dgmlab.config import apply_overrides, build_settings, load_config
+from dgmlab.config import apply_overrides, build_settings, load_bundled_config
 from dgmlab.data import load_mnist, to_grey
+from dgmlab.errors import RunExistsError
 from dgmlab.experiments.runs import prepare, write_figures
 from dgmlab.models import AE, VAE, count_parameters
+from dgmlab.models.protocols import decode_representation, representation
 from dgmlab.objectives import kl_analytic, kl_monte_carlo
+from dgmlab.rundir import holds_run, lock_run, remove_run
 from dgmlab.train import evaluate, fit, resolve_device
-
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+from dgmlab.utils import can_fork, default_workers, device_of, run_in_processes
 
 # The reference solution's printed "Average Loss" after the last epoch, and the true mean it stands for
 # (printed / 0.376 on MNIST; see the module docstring).
@@ -80,7 +78,7 @@ def _config(file: str, quick: bool, device: str, seed: int, progress: bool,
     settings = [f'train.device="{device}"', f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
     if quick:
         settings += ["train.epochs=3", "data.limit=12000", "data.test_limit=2000"]
-    return apply_overrides(load_config(CONFIGS / file), [*settings, *overrides])
+    return apply_overrides(load_bundled_config(Path(file).stem), [*settings, *overrides])
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -91,8 +89,8 @@ def _fmt(value: float, digits: int = 4) -> str:
 def _train_image_reconstructions(model: torch.nn.Module, out: Path) -> Path:
     """Training images 0-4 (labels 5, 0, 4, 1, 9), as the problem set shows them, with posterior means."""
     images, labels = load_mnist("train")
-    x = to_grey(images[:5]).reshape(5, -1).to(next(model.parameters()).device)
-    recon = model.decode_mean(model.encode(x)[0]) if isinstance(model, VAE) else model(x).reconstruction
+    x = to_grey(images[:5]).reshape(5, -1).to(device_of(model))
+    recon = decode_representation(model, representation(model, x))  # posterior mean (VAE) or code (AE)
     fig = plots.reconstructions(x.cpu().reshape(5, 28, 28), recon.cpu().reshape(5, 28, 28),
                                 labels=labels[:5].tolist(),
                                 title="Training images 0-4 (the problem set's) and their reconstructions")
@@ -103,14 +101,14 @@ def _train_image_reconstructions(model: torch.nn.Module, out: Path) -> Path:
 def _interpolation_figure(model: torch.nn.Module, test_x: torch.Tensor, test_labels: torch.Tensor,
                           out: Path) -> Path:
     """Decode 10 evenly spaced points between the codes of the first test 1 and the first test 7... pairs."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     first = int((test_labels == 4).nonzero()[0])
     second = int((test_labels == 9).nonzero()[0])
     ends = test_x[[first, second]].to(device)
-    code = model.encode(ends)[0] if isinstance(model, VAE) else model.encode(ends)
+    code = representation(model, ends)
     weights = torch.linspace(0, 1, 10, device=device)[:, None]
     path = (1 - weights) * code[0] + weights * code[1]
-    images = model.decode_mean(path) if isinstance(model, VAE) else model.decode(path)
+    images = decode_representation(model, path)
     fig = plots.interpolation(images.cpu().reshape(10, 28, 28),
                               title="Linear interpolation between the codes of a test 4 and a test 9")
     return plots.save_figure(fig, out / "interpolation.png")
@@ -335,8 +333,8 @@ _SLOT: int | None = None  # the progress-bar line of this worker process
 
 
 def _worker_start(slots: Any) -> None:
-    # one intra-op thread per process: these small MLPs gain nothing from a second thread (measured: an AE
-    # step takes 5.7 ms on one thread, 6.9 ms on two), so two processes train two models in the time of one
+    # one intra-op thread per process: these small MLPs gain nothing from a second thread (its synchronisation
+    # costs more than it splits), so two processes train two models in the time of one
     global _SLOT
     torch.set_num_threads(1)
     _SLOT = slots.get()
@@ -352,7 +350,7 @@ def _run_part(key: str, out: Path, quick: bool, device: str, seed: int, progress
     title, file = next((title, file) for k, title, file in EXPERIMENTS if k == key)
     overrides = []
     if epochs_scale != 1.0:
-        epochs = load_config(CONFIGS / file)["train"]["epochs"]
+        epochs = load_bundled_config(Path(file).stem)["train"]["epochs"]
         overrides.append(f"train.epochs={max(1, round(epochs * epochs_scale))}")
     return run_mnist_experiment(key, title, file, out, quick, device, seed, progress, overrides=overrides,
                                 bar_position=_SLOT)
@@ -368,14 +366,44 @@ def _torus_available() -> bool:
 
 def _parallel_workers(device: str) -> int:
     """Two worker processes on a CPU with two or more cores where ``fork`` exists, else none (in order)."""
-    forkable = "fork" in multiprocessing.get_all_start_methods()
     on_cpu = device == "cpu" or (device == "auto" and resolve_device("auto").type == "cpu")
-    return 2 if on_cpu and forkable and (os.cpu_count() or 1) >= 2 else 0
+    return default_workers(on_cpu)
+
+
+PSET1_FILES = ("metrics.json", "report.html")  # a finished pset1 run
+
+
+def _sub_runs(out: Path) -> list[Path]:
+    """The runs that an earlier ``run_pset1`` trained in ``out`` (MNIST experiments, torus decoders)."""
+    candidates = [out / key for key, _, _ in EXPERIMENTS]
+    torus = out / "torus"
+    if torus.is_dir():
+        candidates += sorted(path for path in torus.iterdir() if path.is_dir())
+    return [path for path in candidates if holds_run(path)]
+
+
+def _replace_or_refuse(out: Path, overwrite: bool) -> None:
+    """Refuse (:class:`RunExistsError`) where ``out`` holds a finished pset1 run or any of its runs, or with
+    ``overwrite`` remove them (each run under its own lock, so one in use is refused, not removed)."""
+    finished = [name for name in PSET1_FILES if (out / name).is_file()]
+    runs = _sub_runs(out)
+    if not (finished or runs):
+        return
+    if not overwrite:
+        held = [*finished, *(str(path.relative_to(out)) for path in runs)]
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise RunExistsError(f"{out} already holds a pset1 run ({shown}); replace it with --overwrite "
+                             f"(overwrite=True), or choose another --out")
+    for path in runs:
+        with lock_run(path):
+            remove_run(path)
+    for name in finished:
+        (out / name).unlink()
 
 
 def run_pset1(out: str | Path = "runs/pset1", quick: bool = False, device: str = "auto", seed: int = 0,
               progress: bool = True, log: Callable[[str], None] = print, workers: int | None = None,
-              epochs_scale: float = 1.0) -> Path:
+              epochs_scale: float = 1.0, overwrite: bool = False) -> Path:
     """Run every experiment of problem set 1 and write ``report.html`` and ``metrics.json``.
 
     Returns the path of the report. ``quick`` trains 3 epochs on a subset (a smoke test, under a minute).
@@ -384,39 +412,43 @@ def run_pset1(out: str | Path = "runs/pset1", quick: bool = False, device: str =
     the other parts share the second process meanwhile. The report keeps the problem set's order whatever
     finishes first; every number is the same as in order, up to float rounding of one vs several threads.
     ``epochs_scale`` multiplies the MNIST experiments' epochs (at least 1; for shortened benchmark runs).
+
+    ``out`` follows the rule of every run directory (:mod:`dgmlab.rundir`): it is locked while this runs
+    (:class:`~dgmlab.errors.RunLockedError` for a second process), and if it already holds a finished pset1
+    run (``metrics.json``, ``report.html``) or any run of one (``ae/``, ``vae_mc/``, ``vae_analytic/``,
+    ``torus/<decoder>_seed<k>/``), it is refused with :class:`~dgmlab.errors.RunExistsError` unless
+    ``overwrite``, which first removes those files and runs (:func:`dgmlab.rundir.remove_run`); the runs
+    are then trained into empty folders.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with lock_run(out):
+        _replace_or_refuse(out, overwrite)
+        return _run_parts(out, quick, device, seed, progress, log, workers, epochs_scale)
+
+
+def _run_parts(out: Path, quick: bool, device: str, seed: int, progress: bool, log: Callable[[str], None],
+               workers: int | None, epochs_scale: float) -> Path:
+    """The body of :func:`run_pset1`, with ``out`` locked and checked."""
     started = time.perf_counter()
     keys = [key for key, _, _ in EXPERIMENTS] + ["kl_check"]
     workers = _parallel_workers(device) if workers is None else workers
-    done: dict[str, Section] = {}
     if workers > 1 and _torus_available():
         keys.append("torus")  # the torus runs in a worker too, while the 100-epoch VAE trains
+    order, slots = keys, None
     if workers > 1:
         load_mnist("train"), load_mnist("test")  # read and verified once; the forked workers share the copy
         # longest first, so the 100-epoch VAE overlaps the other two experiments and the KL check
         order = sorted(keys, key=lambda k: -PART_COST.get(k, 0))
-        context = multiprocessing.get_context("fork")
-        slots = context.Queue()
-        for slot in range(workers):
-            slots.put(slot)
-        try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start,
-                                     initargs=(slots,)) as pool:
-                futures = {pool.submit(_run_part, key, out, quick, device, seed, progress, epochs_scale): key
-                           for key in order}
-                for future in as_completed(futures):
-                    section = future.result()
-                    done[section.key] = section
-                    log(section.summary)
-        except BrokenProcessPool as error:
-            warnings.warn(f"run_pset1: a worker process died ({error}); running the rest in this process",
-                          RuntimeWarning, stacklevel=2)
-    for key in keys:
-        if key not in done:
-            done[key] = section = _run_part(key, out, quick, device, seed, progress, epochs_scale)
-            log(section.summary)
+        if can_fork():
+            slots = multiprocessing.get_context("fork").Queue()  # a progress-bar line per worker
+            for slot in range(workers):
+                slots.put(slot)
+    finished = run_in_processes(
+        _run_part, [(key, out, quick, device, seed, progress, epochs_scale) for key in order], workers,
+        on_result=lambda _, section: log(section.summary),
+        initializer=_worker_start if slots is not None else None, initargs=(slots,) if slots is not None else (),
+        what="run_pset1")
+    done = {section.key: section for section in finished}
     sections = [done[key] for key in keys]
     if "torus" not in keys:
         torus = run_torus_section(out, quick, device, seed, progress)

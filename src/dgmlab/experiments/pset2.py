@@ -48,19 +48,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlab.config import ConfigError, DataBundle, apply_overrides, build_settings, load_config
-from dgmlab.evaluate import EvalMode as _EvalMode
+from dgmlab.config import ConfigError, DataBundle, apply_overrides, build_settings, load_bundled_config, load_config
 from dgmlab.evaluate import check_images as _check_images
 
 # the generic evaluations of image density models live in dgmlab.evaluate; re-exported for the notebook
 from dgmlab.evaluate import complete_images as complete_images
-from dgmlab.evaluate import device_of as _device_of
 from dgmlab.evaluate import mean_pixel_nll as mean_pixel_nll
 from dgmlab.evaluate import samples_per_class as samples_per_class
 from dgmlab.experiments.runs import prepare
 from dgmlab.train import History, fit
-
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+from dgmlab.utils import device_of as _device_of
+from dgmlab.utils import eval_mode
 
 PIXELS = 28 * 28  # D: binary variables per MNIST image
 
@@ -110,7 +108,8 @@ def pset2_config(
     progress: bool = True,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The problem set's configuration (``configs/<config_file>`` or a path) with shorter settings applied.
+    """The problem set's configuration (a bundled one by name, e.g. ``"pixelcnn.toml"``, or a path) with shorter
+    settings applied.
 
     ``epochs_scale`` multiplies the configured epochs (80 or 100; at least 1 epoch). ``limit``: train on the
     first ``limit`` images only (0: all 60,000); ``test_limit`` likewise for the 10,000 test images (None:
@@ -124,9 +123,7 @@ def pset2_config(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be a non-negative integer (0: all images), got {value!r}")
     path = Path(config_file)
-    if not path.is_file() and not path.is_absolute():
-        path = CONFIGS / path
-    config = load_config(path)
+    config = load_config(path) if path.is_file() else load_bundled_config(path.stem)
     config.setdefault("name", path.stem)
     epochs = 1 if quick else max(1, round(int(config.get("train", {}).get("epochs", 1)) * epochs_scale))
     settings = [f'train.device="{device}"', f"train.seed={seed}", f"train.progress={str(progress).lower()}",
@@ -165,11 +162,13 @@ def train_pixelcnn(
     seed: int = 0,
     progress: bool = True,
     overrides: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> PixelCNNRun:
     """Train the PixelCNN of a configuration with :func:`dgmlab.train.fit` (Adam, the configured learning rate).
 
     Arguments as :func:`pset2_config`; ``out``: the run directory (``config.json``, ``metrics.jsonl``,
-    ``checkpoint/``), or None to write nothing. Every epoch's record holds the training epoch mean of
+    ``checkpoint/``), or None to write nothing; one that holds a run is refused unless ``overwrite``.
+    Every epoch's record holds the training epoch mean of
     :math:`-\\log p(x)` (nats per image, training mode) and the exact test-split mean (evaluation mode), with
     their bits per dimension. Returns a :class:`PixelCNNRun` whose model is in evaluation mode.
     """
@@ -182,7 +181,7 @@ def train_pixelcnn(
     settings = build_settings(config)
     started = time.perf_counter()
     history = fit(model, objective, data.train, data.test, settings, run_dir=out, config=config,
-                  description=str(config["name"]))
+                  description=str(config["name"]), overwrite=overwrite)
     return PixelCNNRun(model.eval(), history, data, config, time.perf_counter() - started)
 
 
@@ -240,16 +239,16 @@ def comparison_lines(
 # Problem 1: NLL = summed BCE
 # ----------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def summed_bce(model: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
+def summed_bce(model: nn.Module, x: Tensor, context: Tensor | None = None) -> Tensor:
     r"""The problem set's loss summed over pixels: :math:`\sum_i \mathrm{BCE}(q_i, x_i)` in nats, ``[B]``.
 
     Computed as the problem set did, ``F.binary_cross_entropy`` of the probabilities
     :math:`q = \sigma(\ell)`, with ``reduction="none"`` and a sum over the pixels, in the model's current
-    mode. By problem 1 it equals ``-model.log_prob(x, y)`` (which is computed from the logits); the
+    mode. By problem 1 it equals ``-model.log_prob(x, context=y)`` (which is computed from the logits); the
     problem set's printed loss is its mean over the batch divided by :math:`D`.
     """
     x = _check_images(x).to(_device_of(model))
-    logits = model(x) if y is None else model(x, y)
+    logits = model(x, context=context)
     return F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum(dim=(1, 2, 3))
 
 
@@ -258,7 +257,7 @@ def summed_bce(model: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def teacher_forced_reconstruction(
-    model: nn.Module, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None
+    model: nn.Module, x: Tensor, context: Tensor | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     r"""Problem set 2's "reconstruction": every pixel drawn independently from its teacher-forced conditional.
 
@@ -267,13 +266,13 @@ def teacher_forced_reconstruction(
     one forward pass, in **evaluation mode** (BatchNorm running statistics; each submodule's mode is restored
     afterwards). It is not a sample of the model, which would condition on its own earlier draws: it shows how
     sure the model is of each pixel given the true ones above and to the left. ``x`` ``[B, 1, H, W]``
-    binary, ``y`` ``[B]`` labels for a class-conditional model; returns binary ``[B, 1, H, W]`` on ``x``'s
+    binary, ``context`` ``[B]`` labels for a class-conditional model; returns binary ``[B, 1, H, W]`` on ``x``'s
     device. The noise is drawn on the generator's device (default: the model's).
     """
     x = _check_images(x)
     device = _device_of(model)
-    with _EvalMode(model):
-        logits = model(x.to(device)) if y is None else model(x.to(device), y)
+    with eval_mode(model):
+        logits = model(x.to(device), context=context)
     probabilities = torch.sigmoid(logits)
     noise_device = generator.device if generator is not None else device
     noise = torch.rand(probabilities.shape, generator=generator, device=noise_device, dtype=probabilities.dtype)

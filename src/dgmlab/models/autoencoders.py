@@ -39,14 +39,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from dgmlab.errors import ModelConfigError
+from dgmlab.models.protocols import reject_context
 from dgmlab.objectives import bernoulli_log_likelihood, gaussian_log_likelihood
+from dgmlab.utils import check_int, device_of
 
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian", "gaussian_learned")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
-
-
-class ModelConfigError(ValueError):
-    """A model was constructed with arguments that cannot work; the message says how to fix them."""
 
 
 def _check_widths(input_dim: int, hidden_dims: Sequence[int], name: str) -> list[int]:
@@ -141,6 +140,7 @@ class VAE(nn.Module):
         decoder_variance: float = 0.039,
         activation: str = "relu",
         output_activation: str | None = None,
+        init_output_bias: bool = False,
     ) -> None:
         super().__init__()
         dims = _check_widths(input_dim, hidden_dims, "VAE")
@@ -153,6 +153,8 @@ class VAE(nn.Module):
             raise ModelConfigError(f"VAE: unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not decoder_variance > 0:
             raise ModelConfigError(f"VAE: decoder_variance must be > 0, got {decoder_variance}")
+        if not isinstance(init_output_bias, bool):
+            raise ModelConfigError(f"VAE: init_output_bias must be true or false, got {init_output_bias!r}")
         if output_activation is None:
             output_activation = "none" if likelihood == "bernoulli" else "sigmoid"
         if output_activation not in ("sigmoid", "none"):
@@ -163,6 +165,7 @@ class VAE(nn.Module):
         self.input_dim, self.hidden_dims = input_dim, dims
         self.latent_dim = dims[-1] // 2
         self.likelihood, self.output_activation = likelihood, output_activation
+        self.init_output_bias = init_output_bias
         self.encoder = mlp([input_dim, *dims], act)
         # decoder: d -> hidden_dims[-2] -> ... -> hidden_dims[0] -> D
         decoder = mlp([self.latent_dim, *reversed(dims[:-1]), input_dim], act)
@@ -209,16 +212,22 @@ class VAE(nn.Module):
         return VAEOutput(mean=mean, logvar=logvar, z=z, decoded=self.decode(z))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, *, generator: torch.Generator | None = None, context: None = None) -> Tensor:
         """``n`` images from the model: :math:`z\\sim\\mathcal N(0, I)`, returned as decoder means ``[n, D]``."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, device=device, generator=generator)
+        reject_context(self, context)
+        n = check_int(n, "n", minimum=1, owner=f"{type(self).__name__}.sample")
+        z = torch.randn(n, self.latent_dim, device=device_of(self), generator=generator)
         return self.decode_mean(z)
 
     @torch.no_grad()
-    def init_output_bias(self, data_mean: Tensor, eps: float = 1e-3) -> None:
+    def initialize_from_data(self, examples: Tensor) -> None:
+        """With ``init_output_bias=True``: :meth:`set_output_bias` to the mean of the training ``examples``
+        ``[N, D]`` (grey levels for dynamically binarized data: the mean of their binarizations). Else nothing."""
+        if self.init_output_bias:
+            self.set_output_bias(examples.reshape(len(examples), -1).mean(0))
+
+    @torch.no_grad()
+    def set_output_bias(self, data_mean: Tensor, eps: float = 1e-3) -> None:
         """Set the decoder's output bias to the data mean (its logit for a Bernoulli decoder), as
         Burda et al. (2015) do: the untrained decoder then predicts the average image."""
         last = [m for m in self.decoder.modules() if isinstance(m, nn.Linear)][-1]

@@ -95,8 +95,8 @@ linear map from the inputs straight to the logits is added,
 an FVSBN term in the model's ordering (:math:`A` starts at zero, so training starts from the plain MADE).
 It keeps the Jacobian strictly triangular (same strict inequality as :math:`M^V`) and costs :math:`D^2`
 parameters. On MNIST it is the difference between a MADE that spends its hidden units on the
-near-linear pixel-to-neighbour correlations and one that can leave them to :math:`A`: about 11 nats at
-the same 8-minute budget of CPU training (``benchmarks/results/ar_made_ablation_cpu_2026-11-28.txt``).
+near-linear pixel-to-neighbour correlations and one that can leave them to :math:`A` (the ablation in
+``docs/notes/lecture3-autoregressive.md`` measures the difference).
 ``activation`` is ``"relu"`` (the paper's) or ``"gelu"``.
 
 *Connectivity-agnostic training and ensembles.* ``num_masks = K > 1`` holds :math:`K` mask sets (with
@@ -113,10 +113,8 @@ a normalised distribution, :math:`\ge \frac1K\sum_k \log p_k(x)` by Jensen's ine
 single-mask NLL used in training is an upper bound on the mixture's). Averaging the **logits** (or the
 per-pixel probabilities) of the masks is *not* a valid ensemble: for different orderings the averaged
 conditionals do not come from any one chain-rule factorisation, so they need not sum to one over the
-:math:`2^D` configurations, and the "NLL" they give is not a likelihood. The 79.3-nats binarized-MNIST
-figure reported by karpathy/pytorch-made for its multi-mask ensemble came from averaging logits and is
-not comparable with published NLLs (MADE's paper reports 88.04 nats for 32 masks, averaging probabilities
-of :math:`x`).
+:math:`2^D` configurations, and the "NLL" they give is not a likelihood: it can even fall below the
+entropy of the data (a worked example is in ``docs/notes/lecture3-autoregressive.md``).
 
 Sampling cost and reuse
 -----------------------
@@ -139,15 +137,16 @@ mode and restores the previous mode afterwards (problem set 2's sampler forgot `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlab.models.autoencoders import ModelConfigError
+from dgmlab.errors import CapabilityError, ModelConfigError
+from dgmlab.models.protocols import reject_context
 from dgmlab.objectives import bernoulli_log_likelihood
+from dgmlab.utils import check_int, device_of, eval_mode
 
 MADE_ORDERS: tuple[str, ...] = ("natural", "random")
 MADE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "gelu": F.gelu}
@@ -170,8 +169,11 @@ def all_binary_configurations(num_inputs: int) -> Tensor:
 
 
 def _check_positive_int(value: object, name: str, model: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ModelConfigError(f"{model}: {name} must be a positive integer, got {value!r}")
+    return check_int(value, name, minimum=1, owner=model, error=ModelConfigError)
+
+def _check_flag(value: object, model: str) -> bool:
+    if not isinstance(value, bool):
+        raise ModelConfigError(f"{model}: init_output_bias must be true or false, got {value!r}")
     return value
 
 
@@ -216,20 +218,33 @@ class AutoregressiveBinaryModel(nn.Module):
         return next(self.parameters()).dtype
 
     def _device(self) -> torch.device:
-        return next(self.parameters()).device
+        return device_of(self)
 
     # -- density --------------------------------------------------------------------------------------------
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, *, context: None = None) -> Tensor:
         """:math:`\\log p(x) = \\sum_i [x_i \\log\\sigma(\\ell_i) + (1 - x_i)\\log\\sigma(-\\ell_i)]` in nats.
 
         ``x``: binary ``[B, D]`` (or ``[B, 1, H, W]``); returns ``[B]``. Raises ``ValueError`` for a wrong
         number of variables or values other than 0 and 1.
         """
+        return self.log_prob_per_dimension(x, context=context).sum(-1)
+
+    def log_prob_per_dimension(self, x: Tensor, *, context: None = None) -> Tensor:
+        """The chain rule's terms :math:`\\log p(x_i\\mid x_{<i})` ``[B, D]`` in nats; they sum to ``log_prob``."""
+        reject_context(self, context)
         rows = self._as_binary_rows(x)
-        return bernoulli_log_likelihood(rows, self.forward(rows))
+        # x_i log sigma(l_i) + (1 - x_i) log sigma(-l_i), per variable
+        return -F.binary_cross_entropy_with_logits(self.forward(rows), rows, reduction="none")
 
     @torch.no_grad()
-    def init_output_bias(self, data_mean: Tensor, eps: float = 1e-3) -> None:
+    def initialize_from_data(self, examples: Tensor) -> None:
+        """Built with ``init_output_bias=True``: :meth:`set_output_bias` to the mean of the training ``examples``
+        (grey levels for dynamically binarized data: the mean of their binarizations). Else nothing."""
+        if getattr(self, "init_output_bias", False):
+            self.set_output_bias(examples.reshape(len(examples), -1).mean(0))
+
+    @torch.no_grad()
+    def set_output_bias(self, data_mean: Tensor, eps: float = 1e-3) -> None:
         """Set every output bias to :math:`\\operatorname{logit}(\\bar x_i)`, the logit of the data's mean.
 
         ``data_mean`` ``[D]`` (or any shape with ``D`` values) in [0, 1], clamped to ``[eps, 1 - eps]``. With the
@@ -238,7 +253,7 @@ class AutoregressiveBinaryModel(nn.Module):
         """
         mean = torch.as_tensor(data_mean).reshape(-1)
         if mean.numel() != self.num_inputs:
-            raise ValueError(f"{type(self).__name__}.init_output_bias: expected {self.num_inputs} means (one per "
+            raise ValueError(f"{type(self).__name__}.set_output_bias: expected {self.num_inputs} means (one per "
                              f"variable), got {mean.numel()}")
         bias = self._output_bias()
         bias.copy_(torch.logit(mean.clamp(eps, 1 - eps)).to(bias))
@@ -247,22 +262,13 @@ class AutoregressiveBinaryModel(nn.Module):
         raise NotImplementedError
 
     # -- sampling -------------------------------------------------------------------------------------------
-    @contextmanager
-    def _evaluation_mode(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
-
     def _noise(self, n: int, generator: torch.Generator | None) -> Tensor:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{type(self).__name__}.sample: n must be a positive integer, got {n!r}")
+        check_int(n, "n", minimum=1, owner=f"{type(self).__name__}.sample")
         return torch.rand(n, self.num_inputs, generator=generator, device=self._device(), dtype=self._dtype())
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, *, incremental: bool = True) -> Tensor:
+    def sample(self, n: int, *, generator: torch.Generator | None = None, context: None = None,
+               incremental: bool = True) -> Tensor:
         """``n`` samples ``[n, D]`` (float, 0 or 1), drawn variable by variable in the model's order.
 
         Step :math:`k` sets :math:`x_{\\pi(k)} = \\mathbb 1[u_k < \\sigma(\\ell_{\\pi(k)})]` with
@@ -270,8 +276,9 @@ class AutoregressiveBinaryModel(nn.Module):
         see the module docstring) and ``incremental=False`` (one full ``forward`` per step) give identical
         samples for the same ``generator``. Runs in evaluation mode and restores the previous mode.
         """
+        reject_context(self, context)
         u = self._noise(n, generator)
-        with self._evaluation_mode():
+        with eval_mode(self):
             return self._sample_incremental(u) if incremental else self._sample_naive(u, self, self.order)
 
     @staticmethod
@@ -294,9 +301,10 @@ class FVSBN(AutoregressiveBinaryModel):
     and ``bias [D]``; natural order. ``FVSBN(784)`` stores 615,440 parameters, 307,720 of them effective.
     """
 
-    def __init__(self, num_inputs: int) -> None:
+    def __init__(self, num_inputs: int, init_output_bias: bool = False) -> None:
         super().__init__()
         self.num_inputs = _check_positive_int(num_inputs, "num_inputs (the number of binary variables D)", "FVSBN")
+        self.init_output_bias = _check_flag(init_output_bias, "FVSBN")
         self.register_buffer("order", torch.arange(num_inputs))
         # M_ij = 1[j < i]
         self.register_buffer("mask", torch.ones(num_inputs, num_inputs).tril(-1).bool())
@@ -331,8 +339,9 @@ class BengioNet(AutoregressiveBinaryModel):
     and masked: ``2 D^2 H + D H + D`` stored, about half of the weights effective. Natural order.
     """
 
-    def __init__(self, num_inputs: int, hidden_per_position: int) -> None:
+    def __init__(self, num_inputs: int, hidden_per_position: int, init_output_bias: bool = False) -> None:
         super().__init__()
+        self.init_output_bias = _check_flag(init_output_bias, "BengioNet")
         self.num_inputs = _check_positive_int(num_inputs, "num_inputs (the number of binary variables D)",
                                               "BengioNet")
         self.hidden_per_position = _check_positive_int(hidden_per_position, "hidden_per_position", "BengioNet")
@@ -410,8 +419,8 @@ class NADELogits(torch.autograd.Function):
     Here the batch is cut into chunks of ``chunk_size`` examples, each chunk's hidden units live in one
     position-major ``[D, n, H]`` buffer updated in place (so the per-position products are plain batched
     matrix-vector products), nothing of size ``D H`` per example is kept for backward, and backward recomputes
-    :math:`h` chunk by chunk. Measured on the project's 2-core CPU, one training step at ``B = 256``: 2.8 s with
-    autograd, 0.93 s here.
+    :math:`h` chunk by chunk: the same :math:`O(BDH)` arithmetic, with :math:`O(nDH)` working memory
+    (:math:`n` = ``chunk_size``) instead of several :math:`O(BDH)` tensors.
     """
 
     chunk_size = 32
@@ -465,8 +474,9 @@ class NADE(AutoregressiveBinaryModel):
     :math:`p(x_i = 1\\mid x_{<i}) = \\sigma(b_i + V_i \\cdot h_i)`.
     """
 
-    def __init__(self, num_inputs: int, hidden: int) -> None:
+    def __init__(self, num_inputs: int, hidden: int, init_output_bias: bool = False) -> None:
         super().__init__()
+        self.init_output_bias = _check_flag(init_output_bias, "NADE")
         self.num_inputs = _check_positive_int(num_inputs, "num_inputs (the number of binary variables D)", "NADE")
         self.hidden = _check_positive_int(hidden, "hidden (the number of hidden units H)", "NADE")
         self.register_buffer("order", torch.arange(num_inputs))
@@ -512,7 +522,7 @@ class NADE(AutoregressiveBinaryModel):
 
 
 class MADE(AutoregressiveBinaryModel):
-    """Masked autoencoder for distribution estimation (Germain et al. 2015), any number of ReLU layers.
+    """Masked autoencoder for distribution estimation (Germain et al. 2015), any number of hidden layers.
 
     ``MADE(D, hidden_dims, num_masks=1, order="natural", seed=0)``: layers ``D -> hidden_dims[0] -> ... ->
     D`` (``nn.Linear`` each, so ``MADE(784, [1024])`` has 1,607,440 parameters, ``MADE(784, [500, 500])``
@@ -529,8 +539,10 @@ class MADE(AutoregressiveBinaryModel):
     """
 
     def __init__(self, num_inputs: int, hidden_dims: Sequence[int], num_masks: int = 1, order: str = "natural",
-                 seed: int = 0, direct: bool = False, activation: str = "relu") -> None:
+                 seed: int = 0, direct: bool = False, activation: str = "relu",
+                 init_output_bias: bool = False) -> None:
         super().__init__()
+        self.init_output_bias = _check_flag(init_output_bias, "MADE")
         self.num_inputs = _check_positive_int(num_inputs, "num_inputs (the number of binary variables D)", "MADE")
         dims = list(hidden_dims) if isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str) else None
         if not dims or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in dims):
@@ -625,7 +637,7 @@ class MADE(AutoregressiveBinaryModel):
         return index
 
     # -- density --------------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, mask_index: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, mask_index: int | None = None) -> Tensor:
         """Logits of one mask: ``[B, D] -> [B, D]``.
 
         :math:`h^l = \\mathrm{act}((W^l \\odot M^{W^l}) h^{l-1} + b^l)`,
@@ -646,9 +658,10 @@ class MADE(AutoregressiveBinaryModel):
     def log_prob_per_mask(self, x: Tensor) -> Tensor:
         """:math:`\\log p_k(x)` for every mask ``k``: binary ``[B, D] -> [K, B]`` in nats."""
         rows = self._as_binary_rows(x)
-        return torch.stack([bernoulli_log_likelihood(rows, self.forward(rows, k)) for k in range(self.num_masks)])
+        return torch.stack([bernoulli_log_likelihood(rows, self.forward(rows, mask_index=k))
+                            for k in range(self.num_masks)])
 
-    def log_prob(self, x: Tensor, mask_index: int | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, *, context: None = None, mask_index: int | None = None) -> Tensor:
         """:math:`\\log p(x)` in nats, binary ``[B, D] -> [B]``.
 
         With ``mask_index`` given, that mask's model. With ``mask_index=None``: a single mask has nothing to
@@ -656,15 +669,27 @@ class MADE(AutoregressiveBinaryModel):
         the mixture :math:`\\operatorname{logsumexp}_k \\log p_k(x) - \\log K` (never the average of logits,
         which is not a normalised model).
         """
+        reject_context(self, context)
         if mask_index is None and self.num_masks > 1 and not self.training:
             return torch.logsumexp(self.log_prob_per_mask(x), dim=0) - math.log(self.num_masks)
+        return self.log_prob_per_dimension(x, mask_index=mask_index).sum(-1)
+
+    def log_prob_per_dimension(self, x: Tensor, *, context: None = None, mask_index: int | None = None) -> Tensor:
+        """The chain rule's terms :math:`\\log p_k(x_i\\mid x_{\\pi_k(<i)})` ``[B, D]`` of one mask ``k`` (as in
+        :meth:`log_prob`); they sum to ``log_prob(x, mask_index=k)``. The mixture over ``K > 1`` masks (evaluation
+        mode, ``mask_index=None``) has no such decomposition: :class:`~dgmlab.errors.CapabilityError`."""
+        reject_context(self, context)
+        if mask_index is None and self.num_masks > 1 and not self.training:
+            raise CapabilityError(f"MADE: the mixture over {self.num_masks} masks has no per-variable decomposition "
+                                  f"of log p(x); pass mask_index=k for the terms of one mask")
         rows = self._as_binary_rows(x)
-        return bernoulli_log_likelihood(rows, self.forward(rows, mask_index))
+        logits = self.forward(rows, mask_index=mask_index)
+        return -F.binary_cross_entropy_with_logits(logits, rows, reduction="none")
 
     # -- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, *, incremental: bool = True,
-               mask_index: int | None = None) -> Tensor:
+    def sample(self, n: int, *, generator: torch.Generator | None = None, context: None = None,
+               incremental: bool = True, mask_index: int | None = None) -> Tensor:
         """``n`` samples ``[n, D]`` (float, 0 or 1), in evaluation mode (the previous mode is restored).
 
         With ``mask_index=None`` and ``K > 1`` masks, the mixture: each sample first draws its component
@@ -673,18 +698,18 @@ class MADE(AutoregressiveBinaryModel):
         step equal to its degree) and ``incremental=False`` (one full ``forward`` per step) give identical
         samples for the same ``generator``.
         """
+        reject_context(self, context)
         if mask_index is not None:
             self._check_mask_index(mask_index)
         elif self.num_masks == 1:
             mask_index = 0
         if mask_index is None:
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError(f"MADE.sample: n must be a positive integer, got {n!r}")
+            check_int(n, "n", minimum=1, owner="MADE.sample")
             components = torch.randint(self.num_masks, (n,), generator=generator, device=self._device())
         else:
             components = None
         u = self._noise(n, generator)
-        with self._evaluation_mode():
+        with eval_mode(self):
             if components is None:
                 return self._sample_component(u, mask_index, incremental)
             x = torch.zeros_like(u)
@@ -697,7 +722,7 @@ class MADE(AutoregressiveBinaryModel):
     def _sample_component(self, u: Tensor, mask_index: int, incremental: bool) -> Tensor:
         order = self.orders[mask_index]
         if not incremental:
-            return self._sample_naive(u, lambda x: self(x, mask_index), order)
+            return self._sample_naive(u, lambda x: self(x, mask_index=mask_index), order)
         weights = [layer.weight * mask for layer, mask in zip(self.layers, self.masks(mask_index), strict=True)]
         biases = [layer.bias for layer in self.layers]
         direct = None if self.direct is None else self.direct * self.mask_direct[mask_index]

@@ -116,18 +116,18 @@ shortcuts follow from the architecture:
   (the extra row is the down-shift): :attr:`receptive_field_reach`. A forward pass on that strip gives the
   same last row, because a wrong zero padding at the strip's top edge corrupts at most :math:`c` more rows
   per layer, :math:`R` in total (and the rows below :math:`r` are never read). Strips of
-  :math:`\min(r, R) + 1` rows instead of :math:`H` save 2.7x on a 28x28 image with the default
-  :math:`R = 12`; the crop at the top gains nothing once :math:`R \ge H - 1`, only dropping the rows below
-  is left (about 2x).
+  :math:`\min(r, R) + 1` rows instead of :math:`H` need 2.7x fewer multiply-adds on a 28x28 image with
+  the default :math:`R = 12`; the crop at the top gains nothing once :math:`R \ge H - 1`, only dropping the
+  rows below is left (about 2x).
 * *row cache* (``fast=True``, used here). While row :math:`r` is being sampled, all activations in rows
   :math:`< r` are final: they depend on rows :math:`< r` of the canvas only. Every layer's activations are
   kept for the whole image; for each pixel only row :math:`r` of each layer is recomputed, with the top
   :math:`(c + 1)` rows of each masked kernel (the rest are masked to zero) on the cached rows above. The
   gated network recomputes its vertical stack once per row (row :math:`r - 1`, when row :math:`r` starts)
   and only its horizontal stack per pixel. Cost per pixel: one row per layer, :math:`O(W L C^2 (c+1) k)`,
-  about :math:`Hk/(c+1) = 42` times fewer multiply-adds than a full pass for the default PixelCNN.
-  Measured (CPU time, one thread, batch 16, 28x28, default sizes): a full pass takes 400 ms (PixelCNN) and
-  520 ms (gated), a cached pixel step 16 ms and 12 ms: about 25x and 40x faster sampling.
+  about :math:`Hk/(c+1) = 42` times fewer multiply-adds than a full pass for the default PixelCNN. How
+  much of that a device turns into speed depends on it (``benchmarks/ar_mnist_nll.py --sampling-only``
+  measures it).
 
 Both draw the uniform noise :math:`u_{rs}` of all pixels up front and set :math:`x_{rs} = [u_{rs} <
 \sigma(\ell_{rs})]`, so for the same generator they give identical samples (unless a logit differs in its
@@ -146,8 +146,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlab.models.autoencoders import ModelConfigError
+from dgmlab.errors import CapabilityError, ModelConfigError
 from dgmlab.objectives import bernoulli_log_likelihood
+from dgmlab.utils import check_int, eval_mode
+from dgmlab.utils import is_int as _is_int
 
 MASK_TYPES: tuple[str, ...] = ("A", "B")
 
@@ -159,14 +161,8 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 # Argument checks
 # ----------------------------------------------------------------------------------------------------------
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_int(value: object, name: str, model: str, minimum: int) -> int:
-    if not _is_int(value) or value < minimum:  # type: ignore[operator]
-        raise ModelConfigError(f"{model}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return check_int(value, name, minimum=minimum, owner=model, error=ModelConfigError)
 
 
 def _check_kernel(value: object, name: str, model: str, minimum: int = 1) -> int:
@@ -266,9 +262,8 @@ def _gate(pre_activation: Tensor) -> Tensor:
 def _channels_last(x: Tensor) -> Tensor:
     """``x`` in the channels-last memory layout (``[B, C, H, W]`` stored as ``B, H, W, C``), the layout the
     convolutions run fastest in on the CPU (oneDNN) and on tensor-core GPUs. The weights of both models are
-    stored channels-last from construction (``_store_channels_last``), so every layer stays in it. A
-    PixelCNN training step (batch 128, 2 CPU cores, ``benchmarks/train_step_speed.py``): 7.8 s contiguous,
-    5.7 s channels-last in fp32, 2.6 s channels-last under bfloat16 autocast (``TrainSettings.precision``)."""
+    stored channels-last from construction (``_store_channels_last``), so every layer stays in it
+    (``benchmarks/train_step_speed.py`` measures a training step in each layout and precision)."""
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -314,27 +309,28 @@ class RasterScanModel(nn.Module):
             raise ValueError(f"{type(self).__name__}: {name} must be a floating-point tensor, got {x.dtype}")
         return x
 
-    def _one_hot(self, y: Any, batch: int) -> Tensor | None:
+    def _one_hot(self, context: Any, batch: int) -> Tensor | None:
         """Validated one-hot labels ``[batch, K]`` in the model's dtype, or ``None`` for an unconditional model."""
         name = type(self).__name__
+        y = context
         if self.num_classes == 0:
             if y is not None:
-                raise ValueError(
-                    f"{name} is unconditional (num_classes=0) but class labels y were given; build it with "
-                    f"num_classes=K to condition on labels"
+                raise CapabilityError(
+                    f"{name} is unconditional (num_classes=0) but class labels were given as context=; build it "
+                    f"with num_classes=K to condition on labels"
                 )
             return None
         if y is None:
-            raise ValueError(
-                f"{name} is class-conditional (num_classes={self.num_classes}): pass labels y, a LongTensor "
-                f"of shape [{batch}] with values in 0..{self.num_classes - 1}"
+            raise CapabilityError(
+                f"{name} is class-conditional (num_classes={self.num_classes}): pass labels as context=, a "
+                f"LongTensor of shape [{batch}] with values in 0..{self.num_classes - 1} (or one int for all)"
             )
         if _is_int(y):
             y = torch.full((batch,), y, dtype=torch.long)
         if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"{name}: y must be an integer tensor of class labels, got {y!r:.80}")
+            raise ValueError(f"{name}: context must be an integer tensor of class labels, got {y!r:.80}")
         if y.shape != (batch,):
-            raise ValueError(f"{name}: y must have shape [{batch}] (one label per image), got {list(y.shape)}")
+            raise ValueError(f"{name}: context must have shape [{batch}] (one label per image), got {list(y.shape)}")
         if batch > 0 and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(
                 f"{name}: labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), "
@@ -347,13 +343,20 @@ class RasterScanModel(nn.Module):
         return next(self.parameters())
 
     # -- the density ---------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Logits :math:`\\ell` ``[B, 1, H, W]`` of :math:`p(x_{rs} = 1\\mid x_{<rs}, y)`; ``y`` ``[B]`` labels."""
-        x = self._check_images(x)
-        return self._logits(_channels_last(x), self._one_hot(y, x.shape[0]))
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(1, image_size, image_size)``: the binary images the model was built for (it accepts any size)."""
+        return (1, self.image_size, self.image_size)
 
-    def log_prob_per_pixel(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """:math:`\\log p(x_{rs}\\mid x_{<rs}, y)` in nats, ``[B, H, W]`` (minus it is a per-pixel NLL map).
+    def forward(self, x: Tensor, *, context: Tensor | int | None = None) -> Tensor:
+        """Logits :math:`\\ell` ``[B, 1, H, W]`` of :math:`p(x_{rs} = 1\\mid x_{<rs}, y)`; ``context`` the labels
+        :math:`y` ``[B]`` (class-conditional models only)."""
+        x = self._check_images(x)
+        return self._logits(_channels_last(x), self._one_hot(context, x.shape[0]))
+
+    def log_prob_per_dimension(self, x: Tensor, *, context: Tensor | int | None = None) -> Tensor:
+        """:math:`\\log p(x_{rs}\\mid x_{<rs}, y)` in nats, ``[B, 1, H, W]`` (the shape of ``x``); sums to
+        :meth:`log_prob`.
 
         ``x`` should be binary; values in [0, 1] give a cross-entropy. Exact only in evaluation mode
         (BatchNorm running statistics), see the module docstring."""
@@ -363,13 +366,17 @@ class RasterScanModel(nn.Module):
                 f"{type(self).__name__}: x must hold pixel values in [0, 1] (binary images), got values in "
                 f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
             )
-        logits = self._logits(_channels_last(x), self._one_hot(y, x.shape[0]))
+        logits = self._logits(_channels_last(x), self._one_hot(context, x.shape[0]))
         # x log sigma(l) + (1 - x) log(1 - sigma(l)), stably from logits
-        return bernoulli_log_likelihood(x.unsqueeze(-1), logits.unsqueeze(-1))[:, 0]
+        return bernoulli_log_likelihood(x.unsqueeze(-1), logits.unsqueeze(-1))
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def log_prob_per_pixel(self, x: Tensor, *, context: Tensor | int | None = None) -> Tensor:
+        """:math:`\\log p(x_{rs}\\mid x_{<rs}, y)` in nats, ``[B, H, W]`` (minus it is a per-pixel NLL map)."""
+        return self.log_prob_per_dimension(x, context=context)[:, 0]
+
+    def log_prob(self, x: Tensor, *, context: Tensor | int | None = None) -> Tensor:
         """:math:`\\log p(x\\mid y) = \\sum_{rs}\\log p(x_{rs}\\mid x_{<rs}, y)` in nats per image, ``[B]``."""
-        return self.log_prob_per_pixel(x, y).sum(dim=(1, 2))
+        return self.log_prob_per_pixel(x, context=context).sum(dim=(1, 2))
 
     # -- sampling ------------------------------------------------------------------------------------------
     @property
@@ -380,15 +387,16 @@ class RasterScanModel(nn.Module):
     def sample(
         self,
         n: int,
-        y: Tensor | int | None = None,
+        *,
         generator: torch.Generator | None = None,
+        context: Tensor | int | None = None,
         image_size: int | tuple[int, int] | None = None,
         fast: bool = True,
     ) -> Tensor:
         """``n`` binary images ``[n, 1, H, W]`` drawn pixel by pixel in raster order.
 
-        Runs in evaluation mode and restores every submodule's mode afterwards. ``y``: labels ``[n]`` or
-        one ``int`` for all (class-conditional models only). ``image_size``: ``int`` or ``(H, W)``, default
+        Runs in evaluation mode and restores every submodule's mode afterwards. ``context``: labels ``[n]``
+        or one ``int`` for all (class-conditional models only). ``image_size``: ``int`` or ``(H, W)``, default
         the model's ``image_size``. ``fast=True`` uses the row cache, ``fast=False`` one full forward pass
         per pixel; both give the same images for the same ``generator`` (the noise of every pixel is drawn
         up front)."""
@@ -397,14 +405,15 @@ class RasterScanModel(nn.Module):
         height, width = _image_shape(self.image_size if image_size is None else image_size)
         reference = self._reference_parameter()
         canvas = torch.zeros(n, 1, height, width, dtype=reference.dtype, device=reference.device)
-        return self._fill(canvas, 0, y, generator, fast)
+        return self._fill(canvas, 0, context, generator, fast)
 
     def complete(
         self,
         x: Tensor,
         known_rows: int,
-        y: Tensor | int | None = None,
+        *,
         generator: torch.Generator | None = None,
+        context: Tensor | int | None = None,
         fast: bool = True,
     ) -> Tensor:
         """Keep the first ``known_rows`` rows of ``x`` ``[B, 1, H, W]`` and sample the rest in raster order.
@@ -422,7 +431,7 @@ class RasterScanModel(nn.Module):
         reference = self._reference_parameter()
         canvas = x.detach().to(device=reference.device, dtype=reference.dtype, copy=True)
         canvas[:, :, known_rows:] = 0.0
-        return self._fill(canvas, known_rows, y, generator, fast)
+        return self._fill(canvas, known_rows, context, generator, fast)
 
     @torch.no_grad()
     def _fill(
@@ -434,9 +443,7 @@ class RasterScanModel(nn.Module):
         # u_rs for every pixel, drawn before any pixel so that both samplers consume the same numbers
         noise = torch.rand(batch, height, width, generator=generator, device=noise_device, dtype=canvas.dtype)
         noise = noise.to(canvas.device)
-        modes = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
+        with eval_mode(self):
             cache = self._start_cache(canvas, one_hot) if fast else None
             for r in range(start_row, height):
                 if cache is not None:
@@ -448,9 +455,6 @@ class RasterScanModel(nn.Module):
                         logits = self._logits(canvas, one_hot)[:, 0, r, s]
                     # x_rs = [u_rs < sigma(l_rs)] ~ Bernoulli(sigma(l_rs))
                     canvas[:, 0, r, s] = (noise[:, r, s] < torch.sigmoid(logits)).to(canvas.dtype)
-        finally:
-            for module, training in modes.items():
-                module.training = training
         return canvas
 
     # -- subclass hooks ------------------------------------------------------------------------------------
@@ -696,7 +700,7 @@ def receptive_field(
     model: RasterScanModel,
     position: tuple[int, int],
     image_size: int | tuple[int, int] | None = None,
-    y: int | None = None,
+    context: int | None = None,
 ) -> Tensor:
     """Which input pixels can influence the logit at ``position = (row, column)``: a bool map ``[H, W]``.
 
@@ -710,7 +714,7 @@ def receptive_field(
     exactly zero, because the mask multiplies them in the forward pass. Valid for networks of convolutions,
     positive-slope activations and gates, as both models here; ``model`` itself is not changed.
 
-    ``y``: the class for a conditional model (default 0; the class bias does not change which pixels are read).
+    ``context``: the class for a conditional model (default 0; the class bias does not change which pixels are read).
     """
     height, width = _image_shape(model.image_size if image_size is None else image_size)
     if (
@@ -726,8 +730,8 @@ def receptive_field(
     reference = probe._reference_parameter()
     x = 0.25 + 0.5 * torch.rand(1, 1, height, width, generator=generator, dtype=torch.float64)
     x = x.to(reference.device).requires_grad_(True)
-    labels = None if model.num_classes == 0 else torch.tensor([0 if y is None else operator.index(y)])
+    labels = None if model.num_classes == 0 else torch.tensor([0 if context is None else operator.index(context)])
     with torch.enable_grad():
-        logits = probe(x, labels)
+        logits = probe(x, context=labels)
         (gradient,) = torch.autograd.grad(logits[0, 0, position[0], position[1]], x)
     return gradient[0, 0] != 0

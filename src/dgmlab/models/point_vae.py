@@ -16,7 +16,8 @@ With :math:`L` frequencies :math:`\omega_k = 2^k` (:math:`k = 0, \dots, L-1`, ti
 ordered by coordinate, then frequency, then (sin, cos): 60 features for the problem set's :math:`L = 10`.
 At :math:`p = 0` it alternates 0, 1. ``include_input`` puts :math:`(x, y, z)` in front (:math:`6L + 3`).
 Without the :math:`\pi` the highest band (:math:`\omega = 512` on coordinates of size 1.5) is close to
-noise for the encoder; it still trains (pset brief, bug 11).
+noise for the encoder; it still trains. The problem set's encoding has no :math:`\pi`, so
+``scale_pi=False`` is the default, for a faithful reproduction.
 
 Decoders
 --------
@@ -43,16 +44,17 @@ The decoder MLP (mirror of the encoder, from the latent :math:`z \in \mathbb R^d
 
   .. math:: R = e^{s\alpha},\qquad r = R\,\operatorname{sigmoid}(s\beta)\quad(0 < r < R),
 
-  with parameters :math:`\alpha, \beta` and the ``radius_rate`` :math:`s`. Two measured reasons
-  (problem-set settings, 1,000 Adam steps at lr :math:`10^{-3}`):
+  with parameters :math:`\alpha, \beta` and the ``radius_rate`` :math:`s`. Two reasons, for the
+  problem-set settings (1,000 Adam steps at lr :math:`10^{-3}`):
 
   - Adam moves :math:`\alpha` by about the learning rate per step, so :math:`\log R` moves by about
     :math:`s` times it. While the angles are still wrong the MSE prefers a thinner tube, so :math:`r` first
-    shrinks and must then climb back: with :math:`s = 1` it ends at 0.42-0.45 instead of 0.5 (a surface
-    distance of 0.05-0.08); :math:`s = 10` lets the radii follow the angles; :math:`s = 30` is unstable.
-  - Without :math:`r < R` the radii can fall into a sphere-like spindle torus (:math:`R \approx 0.08`,
-    :math:`r \approx 1.05`: the v-angle then plays a sphere's polar angle), which 2 of 3 seeds did from
-    :math:`(R, r) = (0.7, 0.3)`; with the constraint, 10 of 10 seeds reached :math:`R, r = 0.999, 0.499`.
+    shrinks and must then climb back: with :math:`s = 1` it cannot get back to 0.5 within 1,000 steps;
+    :math:`s = 10` (the default) lets the radii follow the angles; much larger rates make steps unstable.
+  - Without :math:`r < R` the radii can fall into a sphere-like spindle torus (:math:`R` near 0,
+    :math:`r` near 1: the v-angle then plays a sphere's polar angle), a local optimum reachable from
+    :math:`(R, r) = (0.7, 0.3)`; the constraint excludes it (``tests/test_point_vae.py`` and
+    ``tests/test_torus_experiment.py`` check the learned radii).
 
   Either way :math:`\sqrt{x^2 + y^2} = R + r\cos v \ge R - r`: any latent path, e.g. a linear
   interpolation, decodes to a path on the surface that goes round the ring and never through the hole.
@@ -75,7 +77,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlab.models.autoencoders import VAE, ModelConfigError, _activation, mlp
+from dgmlab.errors import ModelConfigError
+from dgmlab.models.autoencoders import VAE, _activation, mlp
+from dgmlab.utils import is_int
 
 POINT_DECODERS: tuple[str, ...] = ("cartesian", "polar", "torus")
 HEAD_OUTPUTS: dict[str, int] = {"cartesian": 3, "polar": 3, "torus": 4}
@@ -91,10 +95,6 @@ __all__ = [
 ]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class PositionalEncoding3D(nn.Module):
     r"""Sinusoidal encoding :math:`\gamma(p)` of 3-D points (see the module docstring).
 
@@ -107,7 +107,7 @@ class PositionalEncoding3D(nn.Module):
     def __init__(self, num_frequencies: int = 10, include_input: bool = False,
                  scale_pi: bool = False) -> None:
         super().__init__()
-        if not _is_int(num_frequencies) or num_frequencies < 0:
+        if not is_int(num_frequencies) or num_frequencies < 0:
             raise ModelConfigError(f"PositionalEncoding3D: num_frequencies must be an integer >= 0, "
                                    f"got {num_frequencies!r}")
         if num_frequencies == 0 and not include_input:
@@ -288,9 +288,10 @@ class PointVAE(VAE):
         return self.decode(z)
 
     @torch.no_grad()
-    def init_output_bias(self, data_mean: Tensor, eps: float = 1e-3) -> None:
+    def set_output_bias(self, data_mean: Tensor, eps: float = 1e-3) -> None:
         """Not available: the decoder ends in a head (polar, torus), so there is no output bias to set."""
-        raise NotImplementedError("PointVAE decodes through a head; there is no output bias to set")
+        raise ModelConfigError("PointVAE decodes through a head (cartesian, polar or torus); it has no output bias "
+                               "to start at the data mean: drop init_output_bias")
 
     def extra_repr(self) -> str:
         return f"decoder={self.decoder_kind!r}, latent_dim={self.latent_dim}, learn_radii={self.learn_radii}"

@@ -1,6 +1,5 @@
-r"""Evaluation of trained models: point-cloud metrics in pure PyTorch (memory bounded by chunking), the
-importance-weighted NLL of a VAE, and the per-pixel NLL, class-by-class samples and completions of an image
-density model (PixelCNN), each in evaluation mode.
+r"""Point-cloud metrics in pure PyTorch (memory bounded by chunking): Chamfer distances, the exact distance
+to a torus, and the oracle row of two independent samples of the true surface.
 
 Chamfer distance
 ----------------
@@ -46,12 +45,11 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dgmlab.data.torus import torus_point_cloud, torus_surface_distance
 
 __all__ = [
-    "EvalMode", "check_images", "complete_images", "device_of", "mean_pixel_nll", "samples_per_class",
     "METRIC_UNITS",
     "chamfer_distance",
     "nearest_neighbour_distances",
@@ -166,123 +164,3 @@ def oracle_metrics(R: float = 1.0, r: float = 0.5, num_points: int = 3000,
     first, _ = torus_point_cloud(R, r, num_points, seeds[0], **sampler)
     second, _ = torus_point_cloud(R, r, num_points, seeds[1], **sampler)
     return point_cloud_metrics(first, second, R, r)
-
-
-@torch.no_grad()
-def importance_weighted_nll(model: torch.nn.Module, x: Tensor, num_samples: int = 5000, batch_size: int = 100,
-                            chunk_size: int = 500, seed: int = 123) -> float:
-    r"""Mean of :math:`-\mathcal L_k(x)` over the rows of ``x``, in nats: the usual NLL estimate of a VAE.
-
-    Batches of ``batch_size`` examples go through :func:`dgmlab.objectives.importance_weighted_bound` with
-    ``k = num_samples``; sampling uses a forked RNG seeded with ``seed``, so the caller's stream is untouched.
-    """
-    from dgmlab.objectives import importance_weighted_bound
-
-    model.eval()
-    device = next(model.parameters()).device
-    total = 0.0
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size].to(device)
-            bound = importance_weighted_bound(model, batch, num_samples=num_samples, chunk_size=chunk_size)
-            total += float(-bound.double().sum())
-    return total / len(x)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Density models of images (PixelCNNs): samples by class, completions, per-pixel NLL
-# ----------------------------------------------------------------------------------------------------------
-def check_images(x: Any) -> Tensor:
-    """``x`` itself if it is a float tensor of images ``[B, 1, H, W]``, else a ValueError saying so."""
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1 or not x.is_floating_point():
-        raise ValueError(f"x must be a float tensor of binary images [B, 1, H, W], got "
-                         f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    return x
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device of the model's parameters."""
-    return next(model.parameters()).device
-
-
-class EvalMode:
-    """Run a block with every submodule in evaluation mode, restoring each one's own mode afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.modes = {module: module.training for module in self.model.modules()}
-        return self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for module, training in self.modes.items():
-            module.training = training
-
-
-@torch.no_grad()
-def samples_per_class(
-    model: nn.Module, per_class: int, generator: torch.Generator | None = None, fast: bool = True
-) -> tuple[Tensor, Tensor]:
-    """``per_class`` samples of each class of a class-conditional model, class by class (problem 3(c): 6).
-
-    Returns ``(images, labels)``: binary ``[K * per_class, 1, H, W]`` and ``[K * per_class]``
-    (``0,..,0, 1,..,1, ...``), so ``plots.image_grid(images, nrow=per_class)`` shows one class per row.
-    :meth:`~dgmlab.models.pixelcnn.RasterScanModel.sample` runs in evaluation mode.
-    """
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
-    if num_classes == 0:
-        raise ValueError("samples_per_class needs a class-conditional model (num_classes > 0); use model.sample(n) "
-                         "for an unconditional one")
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    images = model.sample(len(labels), y=labels, generator=generator, fast=fast)
-    return images, labels
-
-
-@torch.no_grad()
-def complete_images(
-    model: nn.Module,
-    x: Tensor,
-    known_rows: int,
-    samples: int = 2,
-    y: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    fast: bool = True,
-) -> Tensor:
-    r"""``samples`` completions of each image from its first ``known_rows`` rows.
-
-    The rows below are drawn in raster order from the model, :math:`x_{\ge i}\sim p(\cdot\mid x_{<i})`.
-
-    Returns ``[samples, B, 1, H, W]`` on the model's device, rows ``< known_rows`` equal to ``x``'s; the input of
-    :func:`dgmlab.plots.completions`. Sampling runs in evaluation mode.
-    """
-    x = check_images(x)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
-    x = x.to(device_of(model))
-    return torch.stack([model.complete(x, known_rows, y=y, generator=generator, fast=fast) for _ in range(samples)])
-
-
-@torch.no_grad()
-def mean_pixel_nll(model: nn.Module, x: Tensor, y: Tensor | None = None, batch_size: int = 250) -> Tensor:
-    r"""The mean over images of :math:`-\log p(x_{rs}\mid x_{<rs})` in nats, ``[H, W]``, in evaluation mode.
-
-    Its sum is the mean NLL per image; the input of :func:`dgmlab.plots.pixel_nll_heatmap`. Returned on the CPU.
-    """
-    x = check_images(x)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if len(x) == 0:
-        raise ValueError("x holds no images")
-    device = device_of(model)
-    total = torch.zeros(x.shape[2:], dtype=torch.float64)
-    with EvalMode(model):
-        for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size].to(device)
-            labels = None if y is None else y[start:start + batch_size]
-            per_pixel = model.log_prob_per_pixel(batch) if labels is None else model.log_prob_per_pixel(batch, labels)
-            total -= per_pixel.sum(0).double().cpu()
-    return (total / len(x)).float()

@@ -1,0 +1,82 @@
+r"""Likelihoods on a test split: the importance-weighted NLL of a latent-variable model and the mean NLL of
+each dimension (pixel) under a density that factorises over dimensions, each in evaluation mode.
+
+For a latent-variable model, :math:`-\mathcal L_k(x)` with :math:`\mathcal L_k(x) = \log\frac1k\sum_{i=1}^k
+p_\theta(x, z_i)/q_\phi(z_i\mid x)` bounds :math:`-\log p_\theta(x)` from above and tightens as :math:`k`
+grows (:func:`dgmlab.objectives.importance_weighted_bound`). For an autoregressive model,
+:math:`-\log p(x) = \sum_i -\log p(x_i\mid x_{<i})` exactly, and the mean of each term over test images is
+the per-pixel NLL map; its sum is the mean NLL per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dgmlab.models.protocols import LatentVariableModel, PerDimensionDensity
+from dgmlab.objectives import importance_weighted_bound
+from dgmlab.utils import check_int, device_of, eval_mode
+
+__all__ = ["check_images", "importance_weighted_nll", "mean_nll_per_dimension", "mean_pixel_nll"]
+
+
+@torch.no_grad()
+def importance_weighted_nll(model: LatentVariableModel, x: Tensor, num_samples: int = 5000, batch_size: int = 100,
+                            chunk_size: int = 500, seed: int = 123) -> float:
+    r"""Mean of :math:`-\mathcal L_k(x)` over the rows of ``x``, in nats: the usual NLL estimate of a VAE.
+
+    Batches of ``batch_size`` examples go through :func:`dgmlab.objectives.importance_weighted_bound` with
+    ``k = num_samples``; sampling uses a forked RNG seeded with ``seed``, so the caller's stream is untouched.
+    """
+    check_int(num_samples, "num_samples", minimum=1, owner="importance_weighted_nll")
+    check_int(batch_size, "batch_size", minimum=1, owner="importance_weighted_nll")
+    device = device_of(model)
+    total = 0.0
+    with eval_mode(model), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size].to(device)
+            bound = importance_weighted_bound(model, batch, num_samples=num_samples, chunk_size=chunk_size)
+            total += float(-bound.double().sum())
+    return total / len(x)
+
+
+def check_images(x: Any) -> Tensor:
+    """``x`` itself if it is a float tensor of images ``[B, 1, H, W]``, else a ValueError saying so."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1 or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor of binary images [B, 1, H, W], got "
+                         f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    return x
+
+
+@torch.no_grad()
+def mean_nll_per_dimension(model: PerDimensionDensity, x: Tensor, context: Tensor | None = None,
+                           batch_size: int = 250) -> Tensor:
+    r"""The mean over examples of :math:`-\log p(x_i\mid x_{<i})` in nats, shaped like one example of ``x``
+    (``[D]`` for flat data, ``[1, H, W]`` for images), in evaluation mode; returned on the CPU.
+
+    Its sum is the mean NLL per example; reshaped to an image it is the input of
+    :func:`dgmlab.plots.pixel_nll_heatmap`. ``context`` (``[N]`` labels) goes to a conditional model."""
+    if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor of examples [N, ...], got "
+                         f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    check_int(batch_size, "batch_size", minimum=1, owner="mean_nll_per_dimension")
+    if len(x) == 0:
+        raise ValueError("x holds no examples")
+    device = device_of(model)
+    total = torch.zeros(x.shape[1:], dtype=torch.float64)
+    with eval_mode(model):
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size].to(device)
+            labels = None if context is None else context[start:start + batch_size].to(device)
+            terms = model.log_prob_per_dimension(batch, context=labels)
+            total -= terms.reshape(batch.shape).sum(0).double().cpu()
+    return (total / len(x)).float()
+
+
+def mean_pixel_nll(model: nn.Module, x: Tensor, context: Tensor | None = None, batch_size: int = 250) -> Tensor:
+    r"""The mean over images ``[N, 1, H, W]`` of :math:`-\log p(x_{rs}\mid x_{<rs})` in nats, ``[H, W]``, in
+    evaluation mode (:func:`mean_nll_per_dimension` of binary images). Returned on the CPU."""
+    return mean_nll_per_dimension(model, check_images(x), context=context, batch_size=batch_size)[0]
