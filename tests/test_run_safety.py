@@ -201,6 +201,18 @@ def test_cli_refuses_an_existing_run_and_overwrites_on_request(tmp_path, capsys,
 
 
 # ------------------------------------------------------------------------------------------ one process at a time
+def test_resuming_removes_what_a_crashed_write_left_and_nothing_else(tmp_path):
+    train, test = make_data()
+    fit(make_model(), elbo, train, test, settings(epochs=1), run_dir=tmp_path)
+    half_written = [tmp_path / "checkpoint" / ".state.safetensors.abc123.tmp", tmp_path / ".metrics.jsonl.x1.tmp"]
+    for path in half_written:
+        path.write_bytes(b"a write killed half-way")
+    (tmp_path / "checkpoint" / "mine.tmp").write_text("not a leftover of dgmlab's")
+    fit(make_model(), elbo, train, test, settings(epochs=2), run_dir=tmp_path, resume=True)
+    assert not any(path.exists() for path in half_written)
+    assert (tmp_path / "checkpoint" / "mine.tmp").exists() and len(records(tmp_path)) == 2
+
+
 @pytest.mark.slow
 def test_a_second_process_is_refused_while_the_first_trains(tmp_path, single_thread):
     run, marker = tmp_path / "run", tmp_path / "started"

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=DEVICE_CHOICES, help="where to train (default auto: cuda, mps, cpu)")
     train.add_argument("--precision", choices=PRECISION_CHOICES,
                        help="fp32 (default) or bf16: training steps under bfloat16 autocast, weights and "
-                            "evaluation in fp32 (about 3x faster for the PixelCNNs on a CPU with AVX-512 BF16)")
+                            "evaluation in fp32 (faster where the CPU or GPU has native bfloat16, e.g. AVX-512 BF16)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                        help="override any config value, e.g. --set objective.coeff=1e-3 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")

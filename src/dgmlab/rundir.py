@@ -97,22 +97,31 @@ def check_new_run(run_dir: str | os.PathLike[str], overwrite: bool = False) -> N
         refuse_existing_run(run_dir)
 
 
+def remove_leftovers(run_dir: str | os.PathLike[str]) -> None:
+    """Remove the temporary files that writes interrupted by a crash left in ``run_dir`` and its checkpoint
+    folder (``.<name>.*.tmp``; the finished files they were to replace are intact). Call it with the run's
+    lock held, so that no write in progress is mistaken for a leftover."""
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        for leftover in run_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+    for leftover in (run_dir / CHECKPOINT_DIR).glob(f".{STATE_FILE}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def remove_run(run_dir: str | os.PathLike[str]) -> None:
     """Remove the run in ``run_dir``: ``config.json``, ``metrics.jsonl``, ``eval.json``, the checkpoint, the
     ``*.png`` figures and the temporary files of interrupted writes. Nothing else in the folder is touched;
     the folder itself stays."""
     run_dir = Path(run_dir)
+    remove_leftovers(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-        for leftover in run_dir.glob(f".{name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
     for figure in run_dir.glob("*.png"):
         figure.unlink(missing_ok=True)
     checkpoint = run_dir / CHECKPOINT_DIR
     if checkpoint.is_dir():
         (checkpoint / STATE_FILE).unlink(missing_ok=True)
-        for leftover in checkpoint.glob(f".{STATE_FILE}.*.tmp"):
-            leftover.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # only if nothing else is in it
             checkpoint.rmdir()
 

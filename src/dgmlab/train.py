@@ -80,7 +80,7 @@ from tqdm import tqdm
 from dgmlab.checkpoint import STATE_FILE, atomic_write_text, load_checkpoint, save_checkpoint
 from dgmlab.errors import NonFiniteLossError, RunExistsError, RunLockedError, TrainingError
 from dgmlab.objectives import LossTerms, Objective
-from dgmlab.rundir import PARTIAL_EPOCH, lock_run, refuse_existing_run, remove_run
+from dgmlab.rundir import PARTIAL_EPOCH, lock_run, refuse_existing_run, remove_leftovers, remove_run
 from dgmlab.utils import device_of, eval_mode
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -381,6 +381,7 @@ def fit(
                 remove_run(run_path)
             else:
                 refuse_existing_run(run_path)
+        remove_leftovers(run_path)  # half-written files of a crashed process (resumed runs)
         return _train(model, objective, train_batches, test_batches, settings, device, step_precision, run_path,
                       config, resume, description, bar_position)
 
