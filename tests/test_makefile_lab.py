@@ -7,6 +7,7 @@ notebooks/`` with ``LAB_ARGS`` passed through.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -29,8 +30,10 @@ def dry_run(*arguments: str) -> list[str]:
     """The commands ``make -n -B lab`` would run (``-B``: as on a fresh checkout, whatever is already set up)."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    result = subprocess.run(["make", "-n", "-B", "lab", *arguments], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
+    # run under `make test`, a child make would inherit MAKEFLAGS/MAKELEVEL and print "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-B", "lab", *arguments], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
