@@ -303,3 +303,13 @@ def test_cli_choices_match_the_trainer():
     from dgmlab.train import DEVICES, PRECISIONS
 
     assert PRECISION_CHOICES == PRECISIONS and DEVICE_CHOICES == DEVICES
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_no_error(tmp_path):
+    # the reader end is closed before the program (still importing) prints: its first write meets EPIPE
+    process = subprocess.Popen([sys.executable, "-m", "dgmlab.cli", "configs"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
