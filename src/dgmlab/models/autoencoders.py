@@ -39,9 +39,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from dgmlab.densities import bernoulli_log_likelihood, gaussian_log_likelihood
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.protocols import reject_context
-from dgmlab.objectives import bernoulli_log_likelihood, gaussian_log_likelihood
 from dgmlab.utils import check_int, device_of
 
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian", "gaussian_learned")

@@ -143,9 +143,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmlab.densities import bernoulli_log_likelihood
 from dgmlab.errors import CapabilityError, ModelConfigError
 from dgmlab.models.protocols import reject_context
-from dgmlab.objectives import bernoulli_log_likelihood
 from dgmlab.utils import check_int, device_of, eval_mode
 
 MADE_ORDERS: tuple[str, ...] = ("natural", "random")

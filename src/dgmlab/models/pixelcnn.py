@@ -146,8 +146,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmlab.densities import bernoulli_log_likelihood
 from dgmlab.errors import CapabilityError, ModelConfigError
-from dgmlab.objectives import bernoulli_log_likelihood
 from dgmlab.utils import check_int, eval_mode
 from dgmlab.utils import is_int as _is_int
 
