@@ -1,0 +1,39 @@
+"""Normalizing flows: invertible transforms with their log-determinants, composed into a density model.
+
+:mod:`~dgmlab.models.flows.base` holds the core (:class:`Transform`, :class:`Compose`, :class:`Inverse`,
+:class:`Flow`, the base density); the layers live in one module each, by family.
+"""
+
+from dgmlab.models.flows.autoregressive import (
+    InverseAutoregressiveFlow,
+    MaskedAutoregressiveFlow,
+    MaskedAutoregressiveNetwork,
+)
+from dgmlab.models.flows.base import (
+    TRANSFORM_EXAMPLES,
+    Compose,
+    Flow,
+    Inverse,
+    StandardNormal,
+    Transform,
+    register_transform_example,
+    sum_except_batch,
+)
+from dgmlab.models.flows.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Permutation,
+    RandomPermutation,
+    Reverse,
+)
+from dgmlab.models.flows.elementwise import ElementwiseAffine, Logit
+from dgmlab.models.flows.glow import ActNorm, InvertibleConv1x1
+from dgmlab.models.flows.multiscale import Split, Squeeze
+from dgmlab.models.flows.planar_radial import Planar, Radial
+
+__all__ = ["TRANSFORM_EXAMPLES", "Compose", "Flow", "Inverse", "StandardNormal", "Transform",
+           "register_transform_example", "sum_except_batch"]
+__all__ += ["ActNorm", "InvertibleConv1x1", "Split", "Squeeze"]
+__all__ += ["AdditiveCoupling", "AffineCoupling", "InverseAutoregressiveFlow", "MaskedAutoregressiveFlow",
+            "MaskedAutoregressiveNetwork", "Permutation", "RandomPermutation", "Reverse"]
+__all__ += ["ElementwiseAffine", "Logit", "Planar", "Radial"]
