@@ -44,6 +44,7 @@ SMALL = {
     "made": dict(num_inputs=12, hidden_dims=[16]),
     "pixelcnn": dict(channels=4, num_layers=2, image_size=4),
     "gated_pixelcnn": dict(channels=4, num_layers=2, image_size=4),
+    "glow": dict(image_shape=[1, 4, 4], levels=1, steps=1, hidden=4),
 }
 EXPECTED = {  # what each family can do, and nothing more
     "ae": {Autoencoder},
@@ -55,6 +56,7 @@ EXPECTED = {  # what each family can do, and nothing more
     "made": {DensityModel, PerDimensionDensity, Sampler, DataInitialized},
     "pixelcnn": {DensityModel, PerDimensionDensity, Sampler, ConditionalModel, ImageModel, Completer},
     "gated_pixelcnn": {DensityModel, PerDimensionDensity, Sampler, ConditionalModel, ImageModel, Completer},
+    "glow": {DensityModel, Sampler, ImageModel, DataInitialized},
 }
 PROTOCOLS = (Autoencoder, Completer, ConditionalModel, DataInitialized, DensityModel, ImageModel,
              LatentVariableModel, PerDimensionDensity, Sampler)

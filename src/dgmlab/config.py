@@ -22,6 +22,7 @@ A configuration has four tables; every key has a default except ``model.name``::
     kl = "monte_carlo"            # analytic | monte_carlo
     coeff = 1e-4
     conditional = false           # nll only: the model's log_prob takes the labels, log p(x | y)
+    levels = 256                  # nll only: dequantized data of 256 levels (the default for view = "dequantized")
 
     [train]                       # dgmlab.train.TrainSettings
     epochs = 30
@@ -325,16 +326,20 @@ def _mse(cfg: dict[str, Any]) -> Objective:
 
 def _nll(cfg: dict[str, Any]) -> Objective:
     conditional = cfg.pop("conditional", False)
+    levels = cfg.pop("levels", 0)
     if not isinstance(conditional, bool):
         raise ConfigError(f"objective.conditional must be true or false, got {conditional!r}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+        raise ConfigError(f"objective.levels must be the number of discrete levels of dequantized data (256 for "
+                          f"8-bit images) or 0, got {levels!r}")
     if conditional:
         def conditional_nll(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> Any:
             if len(batch) < 2:
                 raise ConfigError("objective.conditional = true needs the labels in the batches: set "
                                   "data.labels = true")
-            return exact_nll(model, batch[0], context=batch[1])
+            return exact_nll(model, batch[0], context=batch[1], levels=levels)
         return conditional_nll
-    return lambda model, batch: exact_nll(model, _first(batch))
+    return lambda model, batch: exact_nll(model, _first(batch), levels=levels)
 
 
 def _check_kl(kl: str) -> None:
@@ -354,6 +359,8 @@ def build_objective(config: Mapping[str, Any]) -> Objective:
     """Build the objective of a configuration's ``[objective]`` table."""
     cfg = dict(config.get("objective", {}))
     name = cfg.pop("name", None)
+    if name == "nll" and config.get("data", {}).get("view") == "dequantized":
+        cfg.setdefault("levels", 256)  # a density of (b + u) / 256: report the 8-bit images' NLL bound
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective name {name!r}; choose one of {', '.join(sorted(OBJECTIVES))}")
     objective = OBJECTIVES[name](cfg)

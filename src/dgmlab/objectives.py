@@ -177,18 +177,24 @@ def reconstruction_mse(model: torch.nn.Module, x: Tensor) -> LossTerms:
                                                             "mse": "squared error per dimension"})
 
 
-def exact_nll(model: DensityModel, x: Tensor, *, context: Any = None) -> LossTerms:
+def exact_nll(model: DensityModel, x: Tensor, *, context: Any = None, levels: int = 0) -> LossTerms:
     r"""The negative log-likelihood of a density model with an exact likelihood, per example, in nats.
 
     For an autoregressive model, :math:`-\log p_\theta(x) = -\sum_{i=1}^{D} \log p_\theta(x_i \mid x_{<i})`,
     which for binary data is the summed binary cross-entropy of the model's conditionals (problem set 2,
     problem 1). ``context`` (e.g. class labels ``[B]``) is passed on to a conditional model:
-    :math:`-\log p_\theta(x \mid y)`. Also logs ``bits_per_dim`` = nll / (D ln 2)."""
+    :math:`-\log p_\theta(x \mid y)`. Also logs ``bits_per_dim`` = nll / (D ln 2).
+
+    ``levels = L > 0`` for a continuous density of dequantized data :math:`y = (b + u)/L\in[0, 1)^D` of
+    discrete levels :math:`b`: then :math:`-\log P(b) \le -\log p(y) + D\log L` (uniform dequantization),
+    and that bound is the ``nll`` reported, in nats of the discrete data (``L = 256`` for 8-bit images)."""
     log_prob = _full(model.log_prob(x, context=context))
-    nll = -log_prob
     dims = x[0].numel()
+    # -log P(b) <= -log p((b + u) / L) + D log L
+    nll = -log_prob + (dims * math.log(levels) if levels else 0.0)
+    nats = f"nats (bound for {levels}-level data, uniform dequantization)" if levels else "nats"
     return LossTerms(loss=nll, terms={"nll": nll, "bits_per_dim": nll / (dims * math.log(2.0))},
-                     units={"loss": "nats", "nll": "nats", "bits_per_dim": "bits per dimension"})
+                     units={"loss": nats, "nll": nats, "bits_per_dim": "bits per dimension"})
 
 
 @torch.no_grad()

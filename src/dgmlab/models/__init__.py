@@ -13,6 +13,7 @@ from torch import nn
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.autoencoders import AE, VAE, AEOutput, VAEOutput
 from dgmlab.models.autoregressive import FVSBN, MADE, NADE, BengioNet, all_binary_configurations
+from dgmlab.models.flows import Glow
 from dgmlab.models.pixelcnn import GatedPixelCNN, MaskedConv2d, PixelCNN, receptive_field
 from dgmlab.models.point_vae import POINT_DECODERS, PointVAE, PositionalEncoding3D
 from dgmlab.models.protocols import (
@@ -33,6 +34,7 @@ MODELS["point_vae"] = PointVAE  # decoder="cartesian" | "polar" | "torus"
 # autoregressive density models: log_prob(x) exact, in nats; sample(n)
 MODELS.update({"fvsbn": FVSBN, "bengio": BengioNet, "nade": NADE, "made": MADE, "pixelcnn": PixelCNN,
                "gated_pixelcnn": GatedPixelCNN})
+MODELS["glow"] = Glow  # normalizing flows on dequantized images: permutation="shuffle" gives RealNVP
 # the MLP models take the number of binary variables D, which a config gets from its data
 INPUT_DIM_ARGUMENT: dict[str, str] = {"ae": "input_dim", "vae": "input_dim", "point_vae": "input_dim",
                                       "fvsbn": "num_inputs", "bengio": "num_inputs", "nade": "num_inputs",

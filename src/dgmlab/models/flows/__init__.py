@@ -4,6 +4,7 @@
 :class:`Flow`, the base density); the layers live in one module each, by family.
 """
 
+from dgmlab.models.flows.architectures import Glow, MultiScale
 from dgmlab.models.flows.autoregressive import (
     InverseAutoregressiveFlow,
     MaskedAutoregressiveFlow,
@@ -37,3 +38,4 @@ __all__ += ["ActNorm", "InvertibleConv1x1", "Split", "Squeeze"]
 __all__ += ["AdditiveCoupling", "AffineCoupling", "InverseAutoregressiveFlow", "MaskedAutoregressiveFlow",
             "MaskedAutoregressiveNetwork", "Permutation", "RandomPermutation", "Reverse"]
 __all__ += ["ElementwiseAffine", "Logit", "Planar", "Radial"]
+__all__ += ["Glow", "MultiScale"]
