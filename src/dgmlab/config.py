@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from dgmlab import data as dgdata
+from dgmlab.data.mnist import IMAGE_SIDE
 from dgmlab.errors import ConfigError
 from dgmlab.models import INPUT_DIM_ARGUMENT, build_model
 from dgmlab.objectives import (
@@ -270,7 +271,6 @@ def _torus_data(cfg: dict[str, Any], seed: int) -> DataBundle:
     return DataBundle(train=train, test=test, spec=spec, test_x=test_points)
 
 
-IMAGE_SIDE = 28
 DATASETS: dict[str, Callable[[dict[str, Any], int], DataBundle]] = {"mnist": _mnist_data, "torus": _torus_data}
 
 

@@ -4,6 +4,7 @@ block, integer validation, and a pool of forked worker processes with an in-proc
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import warnings
@@ -65,6 +66,30 @@ def check_int(value: object, name: str, *, minimum: int | None = None, owner: st
     return int(value)  # type: ignore[arg-type]
 
 
+def check_positive_number(value: object, name: str, *, owner: str = "", error: type[Exception] = ValueError,
+                          hint: str = "") -> float:
+    """``value`` as a ``float`` if it is a finite number ``> 0`` (not a ``bool``); else ``error`` naming ``owner``,
+    the argument ``name``, the ``hint`` (what the number means) and what it got."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (0 < value < math.inf):
+        prefix = f"{owner}: " if owner else ""
+        suffix = f" ({hint})" if hint else ""
+        raise error(f"{prefix}{name} must be a positive number{suffix}, got {value!r}")
+    return float(value)
+
+
+def check_widths(values: object, name: str = "hidden_dims", *, owner: str = "", error: type[Exception] = ValueError,
+                 example: str = "[128, 32]") -> list[int]:
+    """A non-empty list (or tuple) of positive integers, such as the layer widths of an MLP, as ``list[int]``;
+    else ``error`` naming ``owner``, ``name``, an ``example`` and what it got."""
+    widths = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else None
+    if not widths or not all(is_int(width) and width >= 1 for width in widths):
+        prefix = f"{owner}: " if owner else ""
+        raise error(f"{prefix}{name} must be a non-empty list of positive integer widths, e.g. {example}; got "
+                    f"{values!r}")
+    return [int(width) for width in widths]
+
+
 def can_fork() -> bool:
     """Whether worker processes can be started by ``fork`` here (Linux: yes; macOS and Windows: no)."""
     return "fork" in multiprocessing.get_all_start_methods()
@@ -108,4 +133,5 @@ def run_in_processes(function: Callable[..., T], jobs: Sequence[tuple[Any, ...]]
     return [results[index] for index in range(len(jobs))]
 
 
-__all__ = ["can_fork", "check_int", "default_workers", "device_of", "eval_mode", "is_int", "run_in_processes"]
+__all__ = ["can_fork", "check_int", "check_positive_number", "check_widths", "default_workers", "device_of",
+           "eval_mode", "is_int", "run_in_processes"]

@@ -42,23 +42,15 @@ from torch import Tensor, nn
 from dgmlab.densities import bernoulli_log_likelihood, gaussian_log_likelihood
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.protocols import reject_context
-from dgmlab.utils import check_int, device_of
+from dgmlab.utils import check_int, check_widths, device_of
 
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian", "gaussian_learned")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
 def _check_widths(input_dim: int, hidden_dims: Sequence[int], name: str) -> list[int]:
-    if not isinstance(input_dim, int) or isinstance(input_dim, bool) or input_dim < 1:
-        raise ModelConfigError(f"{name}: input_dim must be a positive integer, got {input_dim!r}")
-    dims = list(hidden_dims) if isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str) else None
-    if not dims:
-        raise ModelConfigError(f"{name}: hidden_dims must be a non-empty list of widths, e.g. [128, 32, 16, 2]; "
-                               f"got {hidden_dims!r}")
-    for width in dims:
-        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-            raise ModelConfigError(f"{name}: every width in hidden_dims must be a positive integer, got {dims}")
-    return dims
+    check_int(input_dim, "input_dim", minimum=1, owner=name, error=ModelConfigError)
+    return check_widths(hidden_dims, owner=name, error=ModelConfigError, example="[128, 32, 16, 2]")
 
 
 def _activation(name: str, model: str) -> type[nn.Module]:

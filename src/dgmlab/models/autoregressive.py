@@ -146,7 +146,7 @@ from torch import Tensor, nn
 from dgmlab.densities import bernoulli_log_likelihood
 from dgmlab.errors import CapabilityError, ModelConfigError
 from dgmlab.models.protocols import reject_context
-from dgmlab.utils import check_int, device_of, eval_mode
+from dgmlab.utils import check_int, check_widths, device_of, eval_mode
 
 MADE_ORDERS: tuple[str, ...] = ("natural", "random")
 MADE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "gelu": F.gelu}
@@ -544,10 +544,7 @@ class MADE(AutoregressiveBinaryModel):
         super().__init__()
         self.init_output_bias = _check_flag(init_output_bias, "MADE")
         self.num_inputs = _check_positive_int(num_inputs, "num_inputs (the number of binary variables D)", "MADE")
-        dims = list(hidden_dims) if isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str) else None
-        if not dims or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in dims):
-            raise ModelConfigError(f"MADE: hidden_dims must be a non-empty list of positive layer widths, e.g. "
-                                   f"[500, 500]; got {hidden_dims!r}")
+        dims = check_widths(hidden_dims, owner="MADE", error=ModelConfigError, example="[500, 500]")
         self.num_masks = _check_positive_int(num_masks, "num_masks (the number of connectivity/ordering variants)",
                                              "MADE")
         if order not in MADE_ORDERS:

@@ -79,7 +79,7 @@ from torch import Tensor, nn
 
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.autoencoders import VAE, _activation, mlp
-from dgmlab.utils import is_int
+from dgmlab.utils import check_positive_number, is_int
 
 POINT_DECODERS: tuple[str, ...] = ("cartesian", "polar", "torus")
 HEAD_OUTPUTS: dict[str, int] = {"cartesian": 3, "polar": 3, "torus": 4}
@@ -237,10 +237,7 @@ class PointVAE(VAE):
                 raise ModelConfigError("PointVAE: radius_rate applies to learned radii; drop it or set "
                                        "learn_radii=True")
             rate = DEFAULT_RADIUS_RATE if radius_rate is None else radius_rate
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate)
-                                                                                    and rate > 0):
-                raise ModelConfigError(f"PointVAE: radius_rate must be a positive number, got {rate!r}")
-            self.radius_rate = float(rate)
+            self.radius_rate = check_positive_number(rate, "radius_rate", owner="PointVAE", error=ModelConfigError)
             if self.learn_radii:
                 # R = exp(s alpha), r = R sigmoid(s beta): a ring torus whatever the optimiser does
                 logit_ratio = math.log(minor / (major - minor))  # sigmoid^{-1}(r / R)

@@ -59,7 +59,6 @@ layers should alternate the ordering, e.g. with :class:`~dgmlab.models.flows.cou
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,17 +69,9 @@ from torch import Tensor, nn
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.flows.base import Transform, register_transform_example
 from dgmlab.models.protocols import reject_context
-from dgmlab.utils import check_int, is_int
+from dgmlab.utils import check_int, check_positive_number, check_widths
 
 __all__ = ["InverseAutoregressiveFlow", "MaskedAutoregressiveFlow", "MaskedAutoregressiveNetwork"]
-
-
-def _check_hidden_dims(hidden_dims: Any, owner: str) -> list[int]:
-    dims = list(hidden_dims) if isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str) else None
-    if not dims or not all(is_int(h) and h >= 1 for h in dims):
-        raise ModelConfigError(f"{owner}: hidden_dims must be a non-empty list of positive layer widths, e.g. "
-                               f"[64, 64]; got {hidden_dims!r}")
-    return [int(h) for h in dims]
 
 
 class MaskedAutoregressiveNetwork(nn.Module):
@@ -96,7 +87,7 @@ class MaskedAutoregressiveNetwork(nn.Module):
         super().__init__()
         owner = type(self).__name__
         self.dim = check_int(dim, "dim", minimum=1, owner=owner, error=ModelConfigError)
-        self.hidden_dims = _check_hidden_dims(hidden_dims, owner)
+        self.hidden_dims = check_widths(hidden_dims, owner=owner, error=ModelConfigError, example="[64, 64]")
         self.outputs_per_input = check_int(outputs_per_input, "outputs_per_input", minimum=1, owner=owner,
                                            error=ModelConfigError)
         if not isinstance(identity_init, bool):
@@ -143,10 +134,8 @@ class _AffineAutoregressive(Transform):
                  identity_init: bool = True) -> None:
         super().__init__()
         owner = type(self).__name__
-        if isinstance(scale_bound, bool) or not isinstance(scale_bound, (int, float)) or not scale_bound > 0 \
-                or not math.isfinite(scale_bound):
-            raise ModelConfigError(f"{owner}: scale_bound must be a positive number (|alpha| < scale_bound), "
-                                   f"got {scale_bound!r}")
+        scale_bound = check_positive_number(scale_bound, "scale_bound", owner=owner, error=ModelConfigError,
+                                            hint="|alpha| < scale_bound")
         self.net = MaskedAutoregressiveNetwork(dim, hidden_dims, outputs_per_input=2, identity_init=identity_init)
         self.dim, self.hidden_dims, self.scale_bound = self.net.dim, self.net.hidden_dims, float(scale_bound)
 

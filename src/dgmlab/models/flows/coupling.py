@@ -84,7 +84,7 @@ from torch import Tensor, nn
 from dgmlab.errors import CapabilityError, ModelConfigError
 from dgmlab.models.flows.base import Transform, register_transform_example, sum_except_batch
 from dgmlab.models.protocols import reject_context
-from dgmlab.utils import check_int, is_int
+from dgmlab.utils import check_int, check_positive_number, is_int
 
 IMAGE_MASKS: tuple[str, ...] = ("checkerboard", "channel")
 VECTOR_MASKS: tuple[str, ...] = ("half", "alternating")
@@ -292,11 +292,8 @@ class AffineCoupling(_Coupling):
                  identity_init: bool = True) -> None:
         super().__init__(shape, mask, hidden=hidden, invert_mask=invert_mask, context_dim=context_dim,
                          num_classes=num_classes, identity_init=identity_init)
-        if isinstance(scale_bound, bool) or not isinstance(scale_bound, (int, float)) or not scale_bound > 0 \
-                or not math.isfinite(scale_bound):
-            raise ModelConfigError(f"AffineCoupling: scale_bound must be a positive number (|s| < scale_bound), "
-                                   f"got {scale_bound!r}")
-        self.scale_bound = float(scale_bound)
+        self.scale_bound = check_positive_number(scale_bound, "scale_bound", owner="AffineCoupling",
+                                                 error=ModelConfigError, hint="|s| < scale_bound")
 
     def _scale_and_shift(self, x: Tensor, context: Any) -> tuple[Tensor, Tensor]:
         h = self._conditioner_output(x, context)

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.flows.base import Transform, register_transform_example
-from dgmlab.utils import check_int
+from dgmlab.utils import check_int, check_positive_number
 
 __all__ = ["ActNorm", "InvertibleConv1x1", "random_rotation"]
 
@@ -106,9 +106,7 @@ class ActNorm(Transform):
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.channels = check_int(channels, "channels", minimum=1, owner="ActNorm", error=ModelConfigError)
-        if not eps > 0:
-            raise ModelConfigError(f"ActNorm: eps must be a positive number, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_positive_number(eps, "eps", owner="ActNorm", error=ModelConfigError)
         self.bias = nn.Parameter(torch.zeros(self.channels))
         self.log_scale = nn.Parameter(torch.zeros(self.channels))
         self.register_buffer("initialized", torch.tensor(False))
