@@ -69,6 +69,7 @@ def test_run_directory_contents(tmp_path):
     assert records[0]["units"]["kl"] == "nats" and records[1]["step"] == 8
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"] == {"name": "vae"} and config["train"]["epochs"] == 2
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o644  # readable by others, as a plain file
     tensors = load_file(str(tmp_path / "checkpoint" / "state.safetensors"))
     assert any(k.startswith("model.") for k in tensors) and any(k.startswith("optimizer.") for k in tensors)
     assert "rng.torch" in tensors

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from dgmlab.checkpoint import atomic_write_bytes
 
 __all__ = ["save_figure"]
 
@@ -28,17 +29,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Pa
         raise ValueError(f"save_figure writes PNG files: the path must end in .png, got {str(target)!r}")
     if dpi <= 0:
         raise ValueError(f"dpi must be positive, got {dpi}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary_name, 0o644)  # mkstemp creates 0600 files
-        os.replace(temporary_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary_name)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
+    atomic_write_bytes(target, png.getvalue())
     return target
