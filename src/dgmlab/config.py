@@ -114,7 +114,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if path.is_file():
         return _parse(path.read_text(encoding="utf-8"), str(path), json_text=path.suffix == ".json")
     if path.suffix in ("", ".toml") and len(path.parts) == 1:
-        if path.stem in bundled_configs():
+        if (resources.files("dgmlab.configs") / f"{path.stem}.toml").is_file():
             return load_bundled_config(path.stem)
         raise ConfigError(f"config file {path} does not exist, and no bundled config is named {path.stem!r}; bundled "
                           f"configs: {', '.join(bundled_configs())} (dgmlab configs lists them)")
