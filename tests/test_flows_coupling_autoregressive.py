@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dgmlab.errors import CapabilityError, ModelConfigError
+from dgmlab.models.autoregressive import MADE
 from dgmlab.models.flows import (
     AdditiveCoupling,
     AffineCoupling,
@@ -15,13 +16,13 @@ from dgmlab.models.flows import (
     Flow,
     InverseAutoregressiveFlow,
     MaskedAutoregressiveFlow,
-    MaskedAutoregressiveNetwork,
     Permutation,
     RandomPermutation,
     Reverse,
     StandardNormal,
 )
 from dgmlab.models.flows.coupling import coupling_mask
+from dgmlab.models.masked import MaskedMLP
 
 
 def _jacobian(function, v: torch.Tensor) -> torch.Tensor:
@@ -47,12 +48,31 @@ def test_the_jacobian_is_lower_triangular_in_the_ordering(cls):
 
 def test_the_masked_network_outputs_depend_only_on_earlier_inputs():
     torch.manual_seed(0)
-    net = MaskedAutoregressiveNetwork(4, [7, 5], outputs_per_input=3, identity_init=False).double()
+    net = MaskedMLP(4, [7, 5], outputs_per_input=3, identity_init=False).double()
     jacobian = _jacobian(net, torch.randn(4, dtype=torch.float64)).reshape(3, 4, 4)
     for p in range(3):
         # d out[p, i] / d v_j = 0 unless j < i (strictly lower triangular)
         assert torch.count_nonzero(jacobian[p].triu()) == 0
         assert torch.count_nonzero(jacobian[p].tril(-1)) > 0
+
+
+def test_made_and_maf_share_one_masked_network():
+    # MADE's first mask set is the masked MLP with one output per input and MADE's random degree rule
+    made = MADE(6, [9, 7], num_masks=2, order="natural", seed=3)
+    net = MaskedMLP(6, [9, 7], outputs_per_input=1, rule="random", seed=3)
+    for ours, theirs in zip(net.masks(), made.masks(0), strict=True):
+        assert torch.equal(ours, theirs)
+    net.load_state_dict({**net.state_dict(), **{k: v for k, v in made.state_dict().items() if k.startswith("layers")}})
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    torch.testing.assert_close(net(x)[:, 0], made(x, mask_index=0))
+    # and MAF/IAF run that same class with two outputs (shift, log-scale) per input
+    assert type(MaskedAutoregressiveFlow(6, [9]).net) is MaskedMLP
+    assert type(InverseAutoregressiveFlow(6, [9]).net) is MaskedMLP
+
+
+def test_the_masked_network_rejects_an_order_that_is_not_a_permutation():
+    with pytest.raises(ModelConfigError, match="permutation of 0..3"):
+        MaskedMLP(4, [8], order=[0, 1, 1, 3])
 
 
 def test_a_one_dimensional_maf_is_an_elementwise_affine_map():

@@ -145,11 +145,12 @@ from torch import Tensor, nn
 
 from dgmlab.densities import bernoulli_log_likelihood
 from dgmlab.errors import CapabilityError, ModelConfigError
+from dgmlab.models.masked import MASKED_ACTIVATIONS, autoregressive_masks, hidden_degrees, masked_forward
 from dgmlab.models.protocols import reject_context
 from dgmlab.utils import check_int, check_widths, device_of, eval_mode
 
 MADE_ORDERS: tuple[str, ...] = ("natural", "random")
-MADE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "gelu": F.gelu}
+MADE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = MASKED_ACTIVATIONS
 MAX_ENUMERABLE_DIM = 24
 
 
@@ -589,17 +590,12 @@ class MADE(AutoregressiveBinaryModel):
             # m^0(d) = position of d in the ordering, 1..D
             input_degrees = torch.empty(num_inputs, dtype=torch.long)
             input_degrees[pi] = torch.arange(1, num_inputs + 1)
-            previous = input_degrees
-            for l, width in enumerate(hidden_dims):
-                # m^l(k) ~ U{min m^{l-1}, ..., D-1} (degree 0 only when D = 1)
-                low = min(int(previous.min()), num_inputs - 1)
-                current = torch.randint(low, num_inputs, (width,), generator=generator)
-                # M^{W^l}_{k',k} = 1[m^l(k') >= m^{l-1}(k)]
-                masks[l].append(current[:, None] >= previous[None, :])
+            # m^l(k) ~ U{min m^{l-1}, ..., D-1}; M^{W^l} and M^V as in dgmlab.models.masked
+            layer_degrees = hidden_degrees(input_degrees, hidden_dims, rule="random", generator=generator)
+            for l, mask in enumerate(autoregressive_masks(input_degrees, layer_degrees)):
+                masks[l].append(mask)
+            for l, current in enumerate(layer_degrees):
                 degrees[l].append(current)
-                previous = current
-            # M^V_{d,k} = 1[m^0(d) > m^L(k)]
-            masks[-1].append(input_degrees[:, None] > previous[None, :])
             orders.append(pi)
         return torch.stack(orders), [torch.stack(d) for d in degrees], [torch.stack(m) for m in masks]
 
@@ -643,11 +639,7 @@ class MADE(AutoregressiveBinaryModel):
         """
         x = self._as_rows(x)
         index = self._next_mask() if mask_index is None else self._check_mask_index(mask_index)
-        h = x
-        for l, (layer, mask) in enumerate(zip(self.layers, self.masks(index), strict=True)):
-            h = F.linear(h, layer.weight * mask, layer.bias)
-            if l < len(self.layers) - 1:
-                h = self._act(h)
+        h = masked_forward(x, self.layers, self.masks(index), self._act)
         if self.direct is not None:
             h = h + F.linear(x, self.direct * self.mask_direct[index])
         return h

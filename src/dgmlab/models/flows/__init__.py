@@ -8,7 +8,6 @@ from dgmlab.models.flows.architectures import Glow, MultiScale
 from dgmlab.models.flows.autoregressive import (
     InverseAutoregressiveFlow,
     MaskedAutoregressiveFlow,
-    MaskedAutoregressiveNetwork,
 )
 from dgmlab.models.flows.base import (
     TRANSFORM_EXAMPLES,
@@ -36,6 +35,6 @@ __all__ = ["TRANSFORM_EXAMPLES", "Compose", "Flow", "Inverse", "StandardNormal",
            "register_transform_example", "sum_except_batch"]
 __all__ += ["ActNorm", "InvertibleConv1x1", "Split", "Squeeze"]
 __all__ += ["AdditiveCoupling", "AffineCoupling", "InverseAutoregressiveFlow", "MaskedAutoregressiveFlow",
-            "MaskedAutoregressiveNetwork", "Permutation", "RandomPermutation", "Reverse"]
+            "Permutation", "RandomPermutation", "Reverse"]
 __all__ += ["ElementwiseAffine", "Logit", "Planar", "Radial"]
 __all__ += ["Glow", "MultiScale"]

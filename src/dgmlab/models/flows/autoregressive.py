@@ -5,19 +5,14 @@ NeurIPS 2017; D. P. Kingma, T. Salimans, R. Jozefowicz, X. Chen, I. Sutskever, M
 Variational Inference with Inverse Autoregressive Flow*, NeurIPS 2016; M. Germain, K. Gregor, I. Murray,
 H. Larochelle, *MADE: Masked Autoencoder for Distribution Estimation*, ICML 2015.
 
-A masked network with several outputs per input
------------------------------------------------
-:class:`MaskedAutoregressiveNetwork` is a MADE-masked MLP :math:`v \to h^1 \to \dots \to h^L \to o` that
-returns :math:`P` outputs per input, each depending only on :math:`v_{<i}`. Degrees: input :math:`i`
-(0-based) has :math:`m^0(i) = i + 1`; hidden unit :math:`k` has :math:`m^l(k) = (k \bmod (D-1)) + 1` (MADE
-draws these at random; cycling through :math:`1..D-1` is a deterministic choice that uses every degree once
-a layer has :math:`D - 1` units); output :math:`(p, i)` has degree :math:`m^0(i)`. The masks are
-
-.. math:: M^{W^l}_{k', k} = \mathbb 1\big[m^l(k') \ge m^{l-1}(k)\big], \qquad
-    M^{V}_{(p, i), k} = \mathbb 1\big[m^0(i) > m^L(k)\big],
-
-so output :math:`(p, i)` depends on :math:`v_j` only for :math:`j < i` (the strict inequality; with
-:math:`D = 1` the hidden units get degree 0 and the one output is a learned constant).
+The masked network
+------------------
+The shift :math:`\mu_i` and log-scale :math:`\alpha_i` of variable :math:`i` come from MADE's masked MLP
+with :math:`P = 2` outputs per input, :class:`~dgmlab.models.masked.MaskedMLP` (the network, degrees and
+masks that :class:`~dgmlab.models.autoregressive.MADE` runs with one output per input): output
+:math:`(p, i)` depends on :math:`v_j` only for :math:`j < i`. The hidden degrees cycle through
+:math:`1..D-1` (``rule="cyclic"``; MADE draws them at random, ``rule="random"``), which uses every degree
+once a layer has :math:`D - 1` units; with :math:`D = 1` the one output is a learned constant.
 
 MAF (data to noise in one pass)
 -------------------------------
@@ -63,68 +58,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.flows.base import Transform, register_transform_example
+from dgmlab.models.masked import MaskedMLP
 from dgmlab.models.protocols import reject_context
-from dgmlab.utils import check_int, check_positive_number, check_widths
+from dgmlab.utils import check_positive_number
 
-__all__ = ["InverseAutoregressiveFlow", "MaskedAutoregressiveFlow", "MaskedAutoregressiveNetwork"]
-
-
-class MaskedAutoregressiveNetwork(nn.Module):
-    """A MADE-masked MLP with ``outputs_per_input`` outputs per input, each depending on :math:`v_{<i}` only.
-
-    ``MaskedAutoregressiveNetwork(dim, hidden_dims, outputs_per_input=2, identity_init=True)``:
-    ``[B, D] -> [B, P, D]`` (``[:, p, i]`` is output :math:`p` of variable :math:`i`), ReLU hidden layers,
-    masks ``mask_0 ... mask_L`` ``[out, in]`` as buffers (module docstring for the degrees).
-    """
-
-    def __init__(self, dim: int, hidden_dims: Sequence[int], outputs_per_input: int = 2,
-                 identity_init: bool = True) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        self.dim = check_int(dim, "dim", minimum=1, owner=owner, error=ModelConfigError)
-        self.hidden_dims = check_widths(hidden_dims, owner=owner, error=ModelConfigError, example="[64, 64]")
-        self.outputs_per_input = check_int(outputs_per_input, "outputs_per_input", minimum=1, owner=owner,
-                                           error=ModelConfigError)
-        if not isinstance(identity_init, bool):
-            raise ModelConfigError(f"{owner}: identity_init must be true or false, got {identity_init!r}")
-        widths = [self.dim, *self.hidden_dims, self.outputs_per_input * self.dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        # m^0(i) = i + 1
-        input_degrees = torch.arange(1, self.dim + 1)
-        previous = input_degrees
-        masks = []
-        for width in self.hidden_dims:
-            # m^l(k) = (k mod (D - 1)) + 1, or 0 when D = 1 (the unit sees no input)
-            current = torch.arange(width) % (self.dim - 1) + 1 if self.dim > 1 else torch.zeros(width, dtype=torch.long)
-            # M^{W^l}_{k', k} = 1[m^l(k') >= m^{l-1}(k)]
-            masks.append(current[:, None] >= previous[None, :])
-            previous = current
-        # output (p, i) at row p * D + i has degree m^0(i); M^V = 1[m^0(i) > m^L(k)]
-        output_degrees = input_degrees.repeat(self.outputs_per_input)
-        masks.append(output_degrees[:, None] > previous[None, :])
-        for l, mask in enumerate(masks):
-            self.register_buffer(f"mask_{l}", mask)
-        if identity_init:
-            nn.init.zeros_(self.layers[-1].weight)
-            nn.init.zeros_(self.layers[-1].bias)
-
-    def masks(self) -> list[Tensor]:
-        """The masks ``[out, in]`` per layer, first to output layer."""
-        return [getattr(self, f"mask_{l}") for l in range(len(self.layers))]
-
-    def forward(self, v: Tensor) -> Tensor:
-        h = v
-        for l, (layer, mask) in enumerate(zip(self.layers, self.masks(), strict=True)):
-            # h^l = relu((W^l . M^{W^l}) h^{l-1} + b^l); last layer without activation
-            h = F.linear(h, layer.weight * mask, layer.bias)
-            if l < len(self.layers) - 1:
-                h = torch.relu(h)
-        return h.reshape(v.shape[0], self.outputs_per_input, self.dim)
+__all__ = ["InverseAutoregressiveFlow", "MaskedAutoregressiveFlow"]
 
 
 class _AffineAutoregressive(Transform):
@@ -136,7 +78,7 @@ class _AffineAutoregressive(Transform):
         owner = type(self).__name__
         scale_bound = check_positive_number(scale_bound, "scale_bound", owner=owner, error=ModelConfigError,
                                             hint="|alpha| < scale_bound")
-        self.net = MaskedAutoregressiveNetwork(dim, hidden_dims, outputs_per_input=2, identity_init=identity_init)
+        self.net = MaskedMLP(dim, hidden_dims, outputs_per_input=2, rule="cyclic", identity_init=identity_init)
         self.dim, self.hidden_dims, self.scale_bound = self.net.dim, self.net.hidden_dims, float(scale_bound)
 
     def _check_input(self, v: Any, name: str) -> Tensor:
