@@ -178,3 +178,17 @@ def test_a_flow_on_the_unit_interval_through_the_logit_holds_the_mass_of_the_log
     expected = 1.0 if alpha == 0 else float(normal.cdf(ends[1, 0]) - normal.cdf(ends[0, 0]))
     assert alpha == 0 or expected < 0.999
     assert abs(grid_integral(flow.log_prob, 0.0, 1.0, 20000, dim=1) - expected) < 1e-3
+
+
+def test_planar_stays_finite_in_float32_when_w_u_is_very_negative():
+    # w^T u = -20: w^T u_hat = -1 + softplus(-20) rounds to -1 in float32, but the log-determinant is
+    # log softplus(-20) = -20.0 at w^T z + b = 0 (the form h^2 + (1 - h^2) softplus(w^T u) has no cancellation)
+    layer = Planar(2)
+    with torch.no_grad():
+        layer.w.copy_(torch.tensor([1.0, 0.0]))
+        layer.u.copy_(torch.tensor([-20.0, 0.0]))
+        layer.b.zero_()
+    y, logdet = layer(torch.zeros(1, 2))
+    assert logdet.item() == pytest.approx(-20.0, abs=1e-4)
+    z, inverse_logdet = layer.inverse(y)
+    assert torch.isfinite(z).all() and inverse_logdet.item() == pytest.approx(20.0, abs=1e-4)

@@ -16,6 +16,10 @@ boundary by :math:`\alpha` and then sent to the real line:
 .. math:: p = \alpha + (1 - 2\alpha)\,x, \qquad y = \operatorname{logit}(p) = \log p - \log(1 - p).
           \qquad\text{(L1, L2)}
 
+(Dinh et al. write :math:`\operatorname{logit}(\alpha + (1 - \alpha)x)`, which leaves a margin at 0 only;
+the symmetric :math:`1 - 2\alpha` used here keeps both ends away from the boundary and is what most
+re-implementations, e.g. normflows, use. Either way the log-determinant below is part of the likelihood.)
+
 The map is elementwise, so its Jacobian is diagonal, with
 :math:`\partial y_i/\partial x_i = (1 - 2\alpha)\,/\,(p_i(1 - p_i))`:
 

@@ -124,6 +124,16 @@ class Planar(Transform):
         self.u = nn.Parameter(torch.empty(self.dim).uniform_(-bound, bound))
         self.b = nn.Parameter(torch.zeros(()))
 
+    def _softplus_w_u(self) -> Tensor:
+        r""":math:`\operatorname{softplus}(w^\top u) = 1 + w^\top\hat u` (P5), computed without the cancellation
+        of :math:`1 + (-1 + \operatorname{softplus})`, which rounds to 0 in float32 once :math:`w^\top u < -17`."""
+        return F.softplus(self.w @ self.u)
+
+    def _one_plus_c_slope(self, h: Tensor) -> Tensor:
+        r""":math:`1 + (w^\top\hat u)\,h'(\cdot) = h^2 + (1 - h^2)\operatorname{softplus}(w^\top u) > 0`, with
+        :math:`h' = 1 - h^2`: the determinant (P3) and the slope of (P6), stable in float32."""
+        return h * h + (1 - h * h) * self._softplus_w_u()
+
     def u_hat(self) -> Tensor:
         r""":math:`\hat u` ``[dim]`` of (P4, P5), with :math:`w^\top\hat u = m(w^\top u) > -1`."""
         w_u = self.w @ self.u
@@ -139,7 +149,7 @@ class Planar(Transform):
         # (P1) f(z) = z + u_hat h(w^T z + b)
         y = z + h.unsqueeze(1) * u_hat
         # (P2, P3) log|1 + u_hat^T psi(z)| with psi = h'(w^T z + b) w, h' = 1 - tanh^2; positive as w^T u_hat > -1
-        logdet = torch.log1p((1 - h * h) * (self.w @ u_hat))
+        logdet = torch.log(self._one_plus_c_slope(h))
         return y, logdet
 
     def inverse(self, y: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
@@ -152,13 +162,13 @@ class Planar(Transform):
             a = _solve_planar_component(w_y, c, self.b).to(y.dtype)
         # one Newton step of (P6) whose value is exactly zero: gradients follow the implicit function theorem
         h = torch.tanh(a + self.b)
-        newton_step = -(a + c * h - w_y) / (1 + c * (1 - h * h))
+        newton_step = -(a + c * h - w_y) / self._one_plus_c_slope(h)
         a = a + (newton_step - newton_step.detach())
         h = torch.tanh(a + self.b)
         # (P7) z = y - u_hat h(a + b)
         z = y - h.unsqueeze(1) * u_hat
         # minus (P3) at the recovered z, where w^T z = a
-        logdet = -torch.log1p((1 - h * h) * c)
+        logdet = -torch.log(self._one_plus_c_slope(h))
         return z, logdet
 
 
