@@ -37,6 +37,7 @@ from dgmlab.models.protocols import (
 SMALL = {
     "ae": dict(input_dim=12, hidden_dims=[8, 2]),
     "vae": dict(input_dim=12, hidden_dims=[8, 4], likelihood="bernoulli"),
+    "vae_planar": dict(input_dim=12, hidden_dims=[8, 4], flow_length=2),
     "point_vae": dict(hidden_dims=[8, 4]),
     "fvsbn": dict(num_inputs=12),
     "bengio": dict(num_inputs=12, hidden_per_position=2),
@@ -49,6 +50,7 @@ SMALL = {
 EXPECTED = {  # what each family can do, and nothing more
     "ae": {Autoencoder},
     "vae": {LatentVariableModel, Sampler, DataInitialized},
+    "vae_planar": {LatentVariableModel, Sampler, DataInitialized},  # and FlowPosterior: tests/test_vae_planar.py
     "point_vae": {LatentVariableModel, Sampler, DataInitialized},
     "fvsbn": {DensityModel, PerDimensionDensity, Sampler, DataInitialized},
     "bengio": {DensityModel, PerDimensionDensity, Sampler, DataInitialized},

@@ -70,7 +70,8 @@ from dgmlab.densities import (  # noqa: F401
     log_normal_pdf,
     log_standard_normal,
 )
-from dgmlab.models.protocols import DensityModel, LatentVariableModel
+from dgmlab.errors import CapabilityError
+from dgmlab.models.protocols import DensityModel, FlowPosterior, LatentVariableModel
 
 KLEstimator = Literal["analytic", "monte_carlo"]
 KL_ESTIMATORS: tuple[str, ...] = ("analytic", "monte_carlo")
@@ -115,7 +116,14 @@ def _kl_term(estimator: str, z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
 
 
-def negative_elbo(model: LatentVariableModel, x: Tensor, kl: str = "analytic", n_samples: int = 1) -> LossTerms:
+def _has_flow_posterior(model: object) -> bool:
+    """Whether ``q(z | x)`` is a flow of at least one step on the Gaussian of ``encode(x)``
+    (:class:`~dgmlab.models.protocols.FlowPosterior` with ``flow_length > 0``); a flow of length 0 is the plain
+    Gaussian posterior and takes the plain path, analytic KL included."""
+    return isinstance(model, FlowPosterior) and model.flow_length > 0
+
+
+def negative_elbo(model: LatentVariableModel, x: Tensor, kl: str | None = None, n_samples: int = 1) -> LossTerms:
     r"""Per-example negative ELBO in nats, with its reconstruction and KL terms.
 
     .. math::
@@ -123,15 +131,46 @@ def negative_elbo(model: LatentVariableModel, x: Tensor, kl: str = "analytic", n
         = \underbrace{-\frac1S\sum_{s=1}^S \log p_\theta(x\mid z_s)}_{\texttt{recon\_nll}}
         + \underbrace{D_{KL}(q_\phi(z\mid x)\,\|\,p(z))}_{\texttt{kl}},\qquad z_s = \mu + \sigma\odot\epsilon_s
 
-    The KL is analytic or the Monte-Carlo average over the same ``S`` samples (``kl="monte_carlo"``).
+    The KL is analytic or the Monte-Carlo average over the same ``S`` samples (``kl="monte_carlo"``); the default
+    ``kl=None`` is the analytic KL where one exists.
     Note that the log-likelihoods are averaged over samples, not the decoded images.
     Shapes: ``x`` is ``[B, D]``; every returned term is ``[B]``.
+
+    A model with a flow posterior (:class:`~dgmlab.models.protocols.FlowPosterior`, ``flow_length`` :math:`K > 0`)
+    draws :math:`z_s \sim q_K(z\mid x)` with :math:`\log q_K(z_s\mid x)` from ``sample_posterior``, and its KL term
+    is the Monte-Carlo :math:`\frac1S\sum_s \log q_K(z_s\mid x) - \log p(z_s)` over the same samples: there is no
+    closed form, so ``kl=None`` means Monte Carlo for it and an explicit ``kl="analytic"`` is a
+    :class:`~dgmlab.errors.CapabilityError`. With ``K = 0`` the plain path runs, bit for bit.
     """
+    if _has_flow_posterior(model):
+        return _negative_elbo_flow(model, x, kl, n_samples)
+    kl = "analytic" if kl is None else kl
     mean, logvar = _all_full(model.encode(x))
     z = model.reparameterize(mean, logvar, n_samples=n_samples)  # [S, B, d]
     # -1/S sum_s log p(x | z_s)
     recon_nll = -model.log_likelihood(x, _full(model.decode(z))).mean(dim=0)
     kl_term = _kl_term(kl, z, mean, logvar)
+    loss = recon_nll + kl_term
+    return LossTerms(
+        loss=loss,
+        terms={"neg_elbo": loss, "recon_nll": recon_nll, "kl": kl_term},
+        units={"loss": "nats", "neg_elbo": "nats", "recon_nll": "nats", "kl": "nats"},
+    )
+
+
+def _negative_elbo_flow(model: FlowPosterior, x: Tensor, kl: str | None, n_samples: int) -> LossTerms:
+    """:func:`negative_elbo` of a flow posterior: both terms are Monte-Carlo averages over ``q_K``'s samples."""
+    if kl == "analytic":
+        raise CapabilityError(f"negative_elbo: the posterior of {type(model).__name__} is a flow of "
+                              f"{model.flow_length} steps, whose KL to the prior has no closed form; use "
+                              f"kl=\"monte_carlo\" (objective.kl = \"monte_carlo\" in a config)")
+    if kl not in (None, "monte_carlo"):
+        raise ValueError(f"unknown KL estimator {kl!r}; choose one of {', '.join(KL_ESTIMATORS)}")
+    z, log_q = _all_full(model.sample_posterior(x, n_samples=n_samples))  # [S, B, d], [S, B]
+    # -1/S sum_s log p(x | z_s)
+    recon_nll = -model.log_likelihood(x, _full(model.decode(z))).mean(dim=0)
+    # 1/S sum_s log q_K(z_s | x) - log p(z_s)
+    kl_term = (log_q - log_standard_normal(z)).mean(dim=0)
     loss = recon_nll + kl_term
     return LossTerms(
         loss=loss,
@@ -153,6 +192,9 @@ def pset_mse_kl(model: LatentVariableModel, x: Tensor, coeff: float = 1e-4, kl: 
     """
     if coeff < 0:
         raise ValueError(f"coeff must be >= 0, got {coeff}")
+    if _has_flow_posterior(model):
+        raise CapabilityError(f"pset_mse_kl takes the Gaussian KL of encode(x), but the posterior of "
+                              f"{type(model).__name__} is a flow; train it on negative_elbo (objective elbo)")
     mean, logvar = _all_full(model.encode(x))
     z = model.reparameterize(mean, logvar)
     x_hat = _full(model.decode_mean(z))
@@ -210,9 +252,14 @@ def importance_weighted_bound(
     The ``k = num_samples`` log-weights are computed ``chunk_size`` at a time and combined with a running
     ``logsumexp``, so memory is ``O(chunk_size * B * D)`` whatever ``k`` is. ``-L_k`` is the NLL estimate;
     it decreases towards :math:`-\log p(x)` as ``k`` grows. Shapes: ``x`` ``[B, D]`` -> ``[B]``.
+
+    For a flow posterior (:class:`~dgmlab.models.protocols.FlowPosterior` with ``flow_length > 0``) the
+    :math:`z_i` and :math:`\log q_K(z_i\mid x)` come from ``sample_posterior``.
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(f"num_samples and chunk_size must be >= 1, got {num_samples} and {chunk_size}")
+    if _has_flow_posterior(model):
+        return _importance_weighted_bound_flow(model, x, num_samples, chunk_size)
     mean, logvar = model.encode(x)
     running = torch.full(mean.shape[:-1], -math.inf, dtype=mean.dtype, device=mean.device)
     remaining = num_samples
@@ -223,5 +270,22 @@ def importance_weighted_bound(
         log_w = model.log_likelihood(x, model.decode(z)) + log_standard_normal(z) - log_normal_pdf(z, mean, logvar)
         running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
         remaining -= s
+    # log (1/k) sum_i w_i
+    return running - math.log(num_samples)
+
+
+def _importance_weighted_bound_flow(model: FlowPosterior, x: Tensor, num_samples: int, chunk_size: int) -> Tensor:
+    """:func:`importance_weighted_bound` with :math:`z_i \\sim q_K(z\\mid x)` from ``sample_posterior``."""
+    running: Tensor | None = None
+    remaining = num_samples
+    while remaining > 0:
+        s = min(chunk_size, remaining)
+        z, log_q = model.sample_posterior(x, n_samples=s)  # [s, B, d], [s, B]
+        # log w = log p(x|z) + log p(z) - log q_K(z|x)
+        log_w = model.log_likelihood(x, model.decode(z)) + log_standard_normal(z) - log_q
+        chunk = torch.logsumexp(log_w, dim=0)
+        running = chunk if running is None else torch.logaddexp(running, chunk)
+        remaining -= s
+    assert running is not None
     # log (1/k) sum_i w_i
     return running - math.log(num_samples)

@@ -13,6 +13,7 @@ from torch import nn
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.autoencoders import AE, VAE, AEOutput, VAEOutput
 from dgmlab.models.autoregressive import FVSBN, MADE, NADE, BengioNet, all_binary_configurations
+from dgmlab.models.flow_vae import PlanarVAE
 from dgmlab.models.flows import Glow
 from dgmlab.models.pixelcnn import GatedPixelCNN, MaskedConv2d, PixelCNN, receptive_field
 from dgmlab.models.point_vae import POINT_DECODERS, PointVAE, PositionalEncoding3D
@@ -22,6 +23,7 @@ from dgmlab.models.protocols import (
     ConditionalModel,
     DataInitialized,
     DensityModel,
+    FlowPosterior,
     ImageModel,
     LatentVariableModel,
     PerDimensionDensity,
@@ -63,6 +65,9 @@ def register_model(name: str, constructor: Callable[..., nn.Module], input_dim_a
         INPUT_DIM_ARGUMENT[name] = input_dim_argument
 
 
+register_model("vae_planar", PlanarVAE, input_dim_argument="input_dim")  # VAE + amortised planar-flow posterior
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model: ``build_model("vae", input_dim=784, hidden_dims=[128, 32, 16, 4])``."""
     if name not in MODELS:
@@ -95,3 +100,4 @@ __all__ += ["Autoencoder", "Completer", "ConditionalModel", "DataInitialized", "
 __all__ += ["POINT_DECODERS", "PointVAE", "PositionalEncoding3D", "INPUT_DIM_ARGUMENT"]
 __all__ += ["FVSBN", "BengioNet", "NADE", "MADE", "all_binary_configurations"]
 __all__ += ["PixelCNN", "GatedPixelCNN", "MaskedConv2d", "receptive_field"]
+__all__ += ["FlowPosterior", "PlanarVAE"]

@@ -18,6 +18,7 @@ Conventions shared by every family:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -75,6 +76,24 @@ class LatentVariableModel(Protocol):
     def reparameterize(self, mean: Tensor, logvar: Tensor, n_samples: int | None = None) -> Tensor: ...
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, context: Any = None) -> Tensor: ...
+
+
+@runtime_checkable
+class FlowPosterior(Protocol):
+    """A latent-variable model whose posterior is a normalizing flow on the Gaussian of ``encode(x)``:
+    :math:`z_0 \\sim q_0(z\\mid x) = \\mathcal N(\\mu, \\operatorname{diag} e^{\\ell})`,
+    :math:`z_K = f_K \\circ \\dots \\circ f_1(z_0)`,
+    :math:`\\log q_K(z_K\\mid x) = \\log q_0(z_0\\mid x) - \\sum_k \\log|\\det \\partial f_k/\\partial z|`.
+
+    ``sample_posterior(x, n_samples=None) -> (z, log_q)``: reparameterised samples of :math:`q_K` (``[B, d]``, or
+    ``[S, B, d]`` with ``n_samples=S``) and :math:`\\log q_K(z\\mid x)` in nats (``[B]`` or ``[S, B]``).
+    ``flow_length`` is :math:`K`; with ``K = 0`` the posterior is the plain Gaussian of ``encode(x)``. The objectives
+    (:func:`dgmlab.objectives.negative_elbo`, :func:`~dgmlab.objectives.importance_weighted_bound`) draw from
+    ``sample_posterior`` when ``K > 0``; ``encode(x)`` then describes only the base :math:`q_0`."""
+
+    flow_length: int
+
+    def sample_posterior(self, x: Tensor, n_samples: int | None = None) -> tuple[Tensor, Tensor]: ...
 
 
 @runtime_checkable
@@ -157,6 +176,12 @@ def context_classes(model: object) -> int:
     return int(model.num_classes) if isinstance(model, ConditionalModel) else 0
 
 
+def samples_at_temperature(model: object) -> bool:
+    r"""Whether ``model.sample`` takes a ``temperature=`` :math:`T` (a flow: :math:`z = T\epsilon`)."""
+    sample = getattr(type(model), "sample", None)
+    return sample is not None and "temperature" in inspect.signature(sample).parameters
+
+
 def reject_context(model: object, context: Any) -> None:
     """Raise :class:`CapabilityError` if an unconditional ``model`` is given a ``context``."""
     if context is not None:
@@ -170,6 +195,7 @@ __all__ = [
     "ConditionalModel",
     "DataInitialized",
     "DensityModel",
+    "FlowPosterior",
     "ImageModel",
     "LatentVariableModel",
     "PerDimensionDensity",
@@ -179,4 +205,5 @@ __all__ = [
     "reject_context",
     "representation",
     "representation_dim",
+    "samples_at_temperature",
 ]
