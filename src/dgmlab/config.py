@@ -35,7 +35,9 @@ Any key can be overridden from the command line with ``--set table.key=value`` (
 The configurations of the problem sets and benchmarks ship inside the package (``dgmlab/configs/*.toml``):
 :func:`load_config` takes a path or the name of a bundled one (``load_config("vae_mc")``), and
 :func:`bundled_configs` lists them. A run's ``config.json`` adds a ``data_spec`` table (:class:`DataSpec`:
-the data's kind and the shape of one example), so loading a run never guesses a shape.
+the data's kind and the shape of one example), so loading a run never guesses a shape. A bundled config with a
+top-level ``command = "potentials"`` (:data:`COMMAND_KEY`) holds the settings of that experiment command
+(``dgmlab potentials``), not a training run: ``dgmlab train`` refuses it and says which command reads it.
 """
 
 from __future__ import annotations
@@ -75,17 +77,21 @@ else:  # pragma: no cover
 
 TABLES = ("model", "data", "objective", "train")
 RECORDED = ("name", "data_spec")  # written into a run's config.json by dgmlab, not options
+# the top-level key of an experiment's config: the dgmlab command that reads it (command = "potentials" for
+# dgmlab potentials); a config without it is a training config for dgmlab train
+COMMAND_KEY = "command"
 
 
 def bundled_configs() -> dict[str, str]:
     """The configurations that ship with dgmlab: name -> the file's opening comment (its first
-    100 characters)."""
+    100 characters), after ``[run with dgmlab COMMAND]`` for an experiment's config (:data:`COMMAND_KEY`)."""
     found = {}
     for entry in sorted(resources.files("dgmlab.configs").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
-            summary = []
+            command = bundled_config_command(entry.name[: -len(".toml")])
+            summary = [f"[run with dgmlab {command}]"] if command else []
             for line in entry.read_text(encoding="utf-8").splitlines():
-                if not line.startswith("#") or (summary and not line.lstrip("# ").strip()):
+                if not line.startswith("#") or (len(summary) > bool(command) and not line.lstrip("# ").strip()):
                     break
                 summary.append(line.lstrip("# ").strip())
             text = " ".join(part for part in summary if part)
@@ -102,36 +108,58 @@ def bundled_config(name: str) -> str:
     return entry.read_text(encoding="utf-8")
 
 
+def bundled_config_command(name: str) -> str | None:
+    """The dgmlab command that reads the bundled configuration ``name`` (its :data:`COMMAND_KEY`, e.g.
+    ``"potentials"``), or ``None`` for a training config of ``dgmlab train``."""
+    command = tomllib.loads(bundled_config(name)).get(COMMAND_KEY)
+    return None if command is None else str(command)
+
+
 def config_name(source: str | Path) -> str:
     """The name a run of ``source`` (a path or a bundled name) gets by default: the file's stem."""
     return Path(source).stem
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def load_config(path: str | Path, *, command: str | None = None) -> dict[str, Any]:
     """Read a TOML (or JSON, e.g. a run's ``config.json``) configuration file, or a bundled configuration by
-    name (``load_config("vae_mc")``; a file of that name in the working directory comes first)."""
+    name (``load_config("vae_mc")``; a file of that name in the working directory comes first).
+
+    ``command``: the experiment whose config it must be (``"potentials"``: its :data:`COMMAND_KEY` says so,
+    and its tables are the experiment's to check); ``None``: a training config, and a ConfigError for an
+    experiment's config that says which command reads it."""
     path = Path(path)
     if path.is_file():
-        return _parse(path.read_text(encoding="utf-8"), str(path), json_text=path.suffix == ".json")
+        return _parse(path.read_text(encoding="utf-8"), str(path), json_text=path.suffix == ".json", command=command)
     if path.suffix in ("", ".toml") and len(path.parts) == 1:
         if (resources.files("dgmlab.configs") / f"{path.stem}.toml").is_file():
-            return load_bundled_config(path.stem)
+            return load_bundled_config(path.stem, command=command)
         raise ConfigError(f"config file {path} does not exist, and no bundled config is named {path.stem!r}; bundled "
                           f"configs: {', '.join(bundled_configs())} (dgmlab configs lists them)")
     raise ConfigError(f"config file {path} does not exist; give a TOML file or the name of a bundled config "
                       f"({', '.join(bundled_configs())})")
 
 
-def load_bundled_config(name: str) -> dict[str, Any]:
-    """The bundled configuration ``name`` (``"ae"``, ``"vae_mc"``...), whatever files the working directory holds."""
-    return _parse(bundled_config(name), f"bundled config {name!r}", json_text=False)
+def load_bundled_config(name: str, *, command: str | None = None) -> dict[str, Any]:
+    """The bundled configuration ``name`` (``"ae"``, ``"vae_mc"``...), whatever files the working directory holds;
+    ``command`` as in :func:`load_config`."""
+    return _parse(bundled_config(name), f"bundled config {name!r}", json_text=False, command=command)
 
 
-def _parse(text: str, source: str, json_text: bool) -> dict[str, Any]:
+def _parse(text: str, source: str, json_text: bool, command: str | None = None) -> dict[str, Any]:
     try:
         config = json.loads(text) if json_text else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"config file {source} is not valid {'JSON' if json_text else 'TOML'}: {error}") from None
+    found = config.get(COMMAND_KEY)
+    if found != command:
+        if command is None:
+            raise ConfigError(f"{source} is the config of the experiment command dgmlab {found}, not a training "
+                              f"config for dgmlab train: run dgmlab {found} instead")
+        has = f"it has {found!r}" if found is not None else "it looks like a training config for dgmlab train"
+        raise ConfigError(f"{source} is not a config of dgmlab {command}: it needs the top-level key "
+                          f"{COMMAND_KEY} = \"{command}\" ({has})")
+    if command is not None:
+        return config  # the experiment checks its own tables
     unknown = sorted(set(config) - set(TABLES) - set(RECORDED))
     if unknown:
         raise ConfigError(f"config file {source}: unknown table(s) {', '.join(unknown)}; "

@@ -1,4 +1,5 @@
-"""Figures of density models of images (PixelCNN): receptive fields and per-pixel negative log-likelihood."""
+"""Figures of density models: receptive fields and per-pixel negative log-likelihood of image models (PixelCNN),
+and grids of 2-D densities (a target beside the flows fitted to it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dgmlab.numerics import ArrayLike, as_float_array, as_numpy
 from dgmlab.plots._common import RANGE_TOLERANCE, new_figure
 from dgmlab.utils import is_int
 
-__all__ = ["pixel_nll_heatmap", "receptive_field_map"]
+__all__ = ["density_grid", "pixel_nll_heatmap", "receptive_field_map"]
 
 # cell categories of receptive_field_map and their colours
 _FIELD_CATEGORIES = (
@@ -140,4 +141,48 @@ def pixel_nll_heatmap(nll_per_pixel: ArrayLike, title: str = "Per-pixel negative
     figure.colorbar(image, ax=ax, label="nats")
     _integer_pixel_axes(ax, height, width)
     ax.set_title(f"{title}\ntotal {total:.2f} nats per image ({bits_per_dim:.3f} bits/dim), max {nll.max():.2f}")
+    return figure
+
+
+def density_grid(rows: Sequence[Sequence[tuple[str, ArrayLike]]], limit: float, title: str,
+                 xlabel: str = "$z_1$", ylabel: str = "$z_2$") -> Figure:
+    """A grid of 2-D densities on the square :math:`[-\\ell, \\ell]^2` (e.g. a target and the flows fitted to it).
+
+    Args:
+        rows: one sequence of panels per row; a panel is ``(title, log_density)`` with ``log_density`` an
+            ``[n, n]`` array of log-densities on a regular grid, row ``i`` at :math:`z_2` and column ``j`` at
+            :math:`z_1` (``origin="lower"``). Every row has the same number of panels.
+        limit: :math:`\\ell`, the half-width of the square the grid covers.
+        title: figure title.
+
+    Each panel shows the density :math:`e^{\\log p}` with its own colour scale from 0 to its maximum.
+    """
+    panels = [list(row) for row in rows]
+    if not panels or not panels[0] or any(len(row) != len(panels[0]) for row in panels):
+        raise ValueError("density_grid: rows must be non-empty and hold the same number of panels each")
+    if not limit > 0:
+        raise ValueError(f"density_grid: limit must be > 0, got {limit}")
+    columns = len(panels[0])
+    figure = new_figure(1.9 * columns, 1.95 * len(panels) + 0.6)
+    axes = figure.subplots(len(panels), columns, squeeze=False, sharex=True, sharey=True)
+    ticks = [t for t in (-4, -2, 0, 2, 4) if abs(t) <= limit] or [-limit, 0, limit]
+    for r, row in enumerate(panels):
+        for c, (panel_title, log_density) in enumerate(row):
+            values = as_numpy(log_density, "log_density").astype(np.float64)  # -inf (zero density) is allowed
+            if np.isnan(values).any() or (values == np.inf).any():
+                raise ValueError(f"density_grid: panel {panel_title!r} has NaN or +inf log-densities")
+            if values.ndim != 2:
+                raise ValueError(f"density_grid: panel {panel_title!r} must be a 2-D grid, got shape {values.shape}")
+            ax = axes[r, c]
+            ax.imshow(np.exp(values), origin="lower", extent=(-limit, limit, -limit, limit), cmap="viridis",
+                      vmin=0.0, interpolation="nearest", aspect="equal")
+            ax.set_title(panel_title, fontsize=8)
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.tick_params(labelsize=7)
+            if r == len(panels) - 1:
+                ax.set_xlabel(xlabel, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(ylabel, fontsize=8)
+    figure.suptitle(title, fontsize=9)
     return figure
