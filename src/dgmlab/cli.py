@@ -61,6 +61,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISION_CHOICES = ("fp32", "bf16")  # dgmlab.train.PRECISIONS (kept here so --help needs no torch import)
 
@@ -69,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dgmlab`` (also used to generate the CLI reference of the docs)."""
     parser = argparse.ArgumentParser(
         prog="dgmlab",
-        description="Deep generative models of MIT 6.S978: train, evaluate, sample, and reproduce problem set 1.",
+        description="Deep generative models of MIT 6.S978: train, evaluate, sample, reproduce problem set 1, and "
+                    "run the experiments of the notes.",
     )
     parser.add_argument("--version", action="version", version=f"dgmlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -119,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
     sample.add_argument("--seed", type=_nonnegative_int, default=0)
     sample.add_argument("--out", type=Path, help="PNG file (default RUN_DIR/samples.png)")
+    sample.add_argument("--temperature", type=_nonnegative_float, default=None, metavar="T",
+                        help="for a flow: sample z = T * noise (0: the image of the base's mode; 0.7 is Glow's "
+                             "favourite; default 1, the model itself)")
     sample.add_argument("--class", dest="label", type=_nonnegative_int, default=None, metavar="LABEL",
                         help="for a class-conditional model: the class to sample (default: every class in turn)")
 
@@ -180,7 +194,8 @@ def _eval(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from dgmlab.experiments.runs import sample_run
 
-    path = sample_run(args.run_dir, n=args.n, seed=args.seed, out=args.out, label=args.label)
+    path = sample_run(args.run_dir, n=args.n, seed=args.seed, out=args.out, label=args.label,
+                      temperature=args.temperature)
     print(f"samples written to {path}")
 
 
@@ -191,7 +206,8 @@ def _configs(args: argparse.Namespace) -> None:
     width = max(map(len, configs))
     for name, summary in configs.items():
         print(f"{name:<{width}}  {summary}")
-    print(f"\ntrain one with: dgmlab train --config NAME   (e.g. dgmlab train --config {next(iter(configs))})")
+    print(f"\ntrain one with: dgmlab train --config NAME   (e.g. dgmlab train --config {next(iter(configs))}); "
+          f"a config marked [run with dgmlab COMMAND] holds the settings of that command instead")
 
 
 def _pset1(args: argparse.Namespace) -> None:
@@ -202,7 +218,16 @@ def _pset1(args: argparse.Namespace) -> None:
     print(f"report written to {report}")
 
 
-COMMANDS: dict[str, Any] = {"train": _train, "eval": _eval, "sample": _sample, "configs": _configs, "pset1": _pset1}
+def _potentials(args: argparse.Namespace) -> None:
+    from dgmlab.experiments.potentials import run_potentials
+
+    out = run_potentials(args.out, quick=args.quick, config=args.config, seed=args.seed, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    print(f"results written to {out}")
+
+
+COMMANDS: dict[str, Any] = {"train": _train, "eval": _eval, "sample": _sample, "configs": _configs, "pset1": _pset1,
+                            "potentials": _potentials}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
