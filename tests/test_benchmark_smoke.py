@@ -43,3 +43,59 @@ def test_ar_benchmark_smoke_run_writes_a_result_per_model(tmp_path):
     assert rate["gain"] >= 2.0
     assert made["parameters"] == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 784 + 784 + 784 * 784  # direct: D^2
     assert "made: test NLL" in done.stdout and "target <= 88.0" in done.stdout
+
+
+@pytest.mark.slow
+def test_planar_vae_benchmark_smoke_run_writes_its_table_result_and_figure(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "vae_planar_nll.py"), "--smoke", "--flows", "0,2",
+               "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [row["K"] for row in result["rows"]] == [0, 2]
+    for row in result["rows"]:
+        assert row["epochs"] == 1 and row["test_images"] == 500 and row["eval_images"] == 200
+        # nats per image, below coin flips (543.4) after one short epoch from the data-mean start
+        assert 0 < row["test_nll_L10_nats"] < row["subset_neg_elbo_nats"] + 1.0 < 784 * math.log(2)
+    # the flow head adds K (2d + 1) outputs on the last hidden layer (1024 wide, d = 32)
+    assert result["rows"][1]["parameters"] - result["rows"][0]["parameters"] == (1024 + 1) * 2 * 65
+    assert result["paper_table2_nats"]["80"] == 85.1
+    assert "-L_10 (200)" in done.stdout and "<= 89.9" in done.stdout
+    assert (tmp_path / "bound_vs_flow_length.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_glow_benchmark_smoke_run_reports_the_full_accounting_and_figures(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "flow_mnist_bpd.py"), "--minutes", "0.05",
+               "--train-limit", "256", "--eval-limit", "64", "--levels", "2", "--steps", "1", "--hidden", "8",
+               "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["test_images"] == 64 and result["published_bits_per_dim"] == 1.05
+    terms = result["test_accounting_nats"]
+    assert terms["D_log_256"] == pytest.approx(784 * math.log(256), abs=0.01)
+    # nll = -(base + logit log-det + flow log-det) + D log 256, and bits/dim = nll / (D ln 2)
+    total = -(terms["base_log_prob"] + terms["0:Logit"] + terms["1:MultiScale"]) + terms["D_log_256"]
+    assert terms["nll"] == pytest.approx(total, abs=0.05)
+    assert result["test_bits_per_dim"] == pytest.approx(terms["nll"] / (784 * math.log(2)), abs=1e-3)
+    assert 0 < result["test_bits_per_dim"] < 9  # 8 bits/dim of noise plus at most a little
+    for name in ("samples_temperature.png", "interpolation.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_normflows_side_by_side_smoke_run_times_and_evaluates_both(tmp_path):
+    pytest.importorskip("normflows")
+    out = tmp_path / "speed.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "flow_speed_normflows.py"), "--minutes", "0.02",
+               "--timing-steps", "2", "--rounds", "1", "--steps", "1", "--hidden", "8", "--train-limit", "256",
+               "--eval-limit", "64", "--threads", "1", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    steps = result["seconds_per_step"]
+    assert result["speedup_dgmlab_over_normflows"] == pytest.approx(steps["normflows"] / steps["dgmlab"], rel=0.01)
+    for name in ("dgmlab", "normflows"):
+        assert result[name]["train_steps"] >= 1 and result[name]["train_seconds"] >= 0.02 * 60 * 0.9
+        assert 0 < result[name]["test_bits_per_dim"] < 9

@@ -1,9 +1,11 @@
 """Evaluation of trained models, by what it measures: :mod:`~dgmlab.evaluate.likelihood` (importance-weighted
 NLL of a latent-variable model, the NLL of each dimension of an autoregressive one),
-:mod:`~dgmlab.evaluate.samples` (class-by-class samples, completions) and
+:mod:`~dgmlab.evaluate.samples` (class-by-class samples, completions), :mod:`~dgmlab.evaluate.flows` (a flow's
+bits/dim term by term, samples at a temperature, interpolation in the base space) and
 :mod:`~dgmlab.evaluate.point_clouds` (Chamfer distances, distance to a torus). The trainer's
 :func:`dgmlab.train.evaluate` gives the mean of every term of an objective on a split."""
 
+from dgmlab.evaluate.flows import flow_nll_accounting, interpolate_in_base, temperature_samples
 from dgmlab.evaluate.likelihood import check_images, importance_weighted_nll, mean_nll_per_dimension, mean_pixel_nll
 from dgmlab.evaluate.point_clouds import (
     METRIC_UNITS,
@@ -20,7 +22,9 @@ __all__ = [
     "chamfer_distance",
     "check_images",
     "complete_images",
+    "flow_nll_accounting",
     "importance_weighted_nll",
+    "interpolate_in_base",
     "mean_nll_per_dimension",
     "mean_pixel_nll",
     "nearest_neighbour_distances",
@@ -28,4 +32,5 @@ __all__ = [
     "point_cloud_metrics",
     "samples_per_class",
     "surface_distance",
+    "temperature_samples",
 ]
