@@ -65,7 +65,8 @@ def train_and_evaluate(args: argparse.Namespace, permutation: str, coupling: str
     lr_decay = (args.lr_final / args.lr) ** (1 / max(epochs - 1, 1))
     settings = TrainSettings(epochs=epochs, lr=args.lr, lr_decay=lr_decay, seed=args.seed, device=str(device),
                              time_limit=args.minutes * 60 if not args.epochs else None, progress=False,
-                             ema_decay=args.ema_decay or None, precision=args.precision)
+                             ema_decay=args.ema_decay or None, precision=args.precision,
+                             warmup_steps=args.warmup_steps, grad_clip_norm=args.grad_clip or None)
     print(f"[{permutation}/{coupling}] {count_parameters(model):,} parameters, {epochs} epochs planned "
           f"(budget {args.minutes} min), lr {args.lr:g} -> {args.lr_final:g}", flush=True)
     started = time.perf_counter()
@@ -115,6 +116,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-final", type=float, default=2e-4)
+    parser.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up (0: off)")
+    parser.add_argument("--grad-clip", type=float, default=1000.0,
+                        help="clip the gradient's L2 norm (per-image NLL gradients are ~1e4; 0: off)")
     parser.add_argument("--ema-decay", type=float, default=0.999, help="evaluate an EMA of the weights (0: off)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--train-limit", type=int, default=0, help="train on the first N images (0: all 60,000)")

@@ -247,6 +247,8 @@ def test_nan_in_the_loss_is_reported_as_nan():
         (dict(device="tpu"), "auto, cpu, cuda, mps"),
         (dict(ema_decay=1.0), "ema_decay must be in \\(0, 1\\)"),
         (dict(precision="fp16"), "precision must be one of fp32, bf16"),
+        (dict(grad_clip_norm=0.0), "grad_clip_norm must be a positive number"),
+        (dict(warmup_steps=-5), "warmup_steps must be an integer >= 0"),
     ],
 )
 def test_bad_settings(settings, message):
@@ -402,3 +404,49 @@ def test_every_training_step_runs_in_bf16_and_every_evaluation_in_fp32():
     fit(make_model(), recording_elbo, train, test, quiet(epochs=3, precision="bf16"))
     assert [autocast for training, autocast in seen if training] == [True] * 12
     assert [autocast for training, autocast in seen if not training] == [False] * 3
+
+
+class _Linear(torch.nn.Module):
+    """loss = scale * sum(w * x) per example: the gradient of the batch mean is scale * mean(x), known exactly."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return x @ self.w
+
+
+def _scaled_loss(scale):
+    def objective(model, batch):
+        loss = scale * model(batch[0])
+        return LossTerms(loss=loss, terms={"loss": loss}, units={"loss": "nats"})
+    return objective
+
+
+def _optimizer_after(tmp_path, settings, scale=1000.0):
+    x = torch.ones(8, 3)
+    model = _Linear(3)
+    fit(model, _scaled_loss(scale), TensorBatches(x, batch_size=8, shuffle=False), settings=settings, run_dir=tmp_path)
+    optimizer = torch.optim.Adam(_Linear(3).parameters())
+    load_checkpoint(tmp_path / "checkpoint", _Linear(3), optimizer)
+    return optimizer
+
+
+def test_gradient_clipping_rescales_the_gradient_adam_sees(tmp_path):
+    # one step: Adam's first moment is (1 - beta1) g, with g the clipped gradient
+    optimizer = _optimizer_after(tmp_path / "clipped", quiet(epochs=1, grad_clip_norm=0.5))
+    g = 1000.0 * torch.ones(3)  # |g| = 1732
+    expected = 0.1 * g * (0.5 / g.norm())
+    torch.testing.assert_close(optimizer.state[optimizer.param_groups[0]["params"][0]]["exp_avg"], expected)
+    optimizer = _optimizer_after(tmp_path / "plain", quiet(epochs=1))
+    torch.testing.assert_close(optimizer.state[optimizer.param_groups[0]["params"][0]]["exp_avg"], 0.1 * g)
+
+
+def test_warmup_ramps_the_learning_rate_linearly_then_hands_it_back(tmp_path):
+    # one batch per epoch, so step t is epoch t; the lr of the step just taken is saved with the optimizer
+    for steps, expected in ((3, 1e-2 * 3 / 10), (10, 1e-2 * 10 / 10), (12, 1e-2 * 0.5 ** 11)):
+        settings = quiet(epochs=steps, lr=1e-2, warmup_steps=10, lr_decay=0.5 if steps == 12 else 1.0)
+        optimizer = _optimizer_after(tmp_path / str(steps), settings, scale=1.0)
+        lr = optimizer.param_groups[0]["lr"] / (0.5 if steps == 12 else 1.0)  # the decay after the last epoch
+        assert lr == pytest.approx(expected, rel=1e-12)

@@ -56,6 +56,12 @@ on hardware with native bfloat16 arithmetic (CPUs with AVX-512 BF16, recent GPUs
 ``benchmarks/train_step_speed.py`` measures a step of each model in both precisions); on CPUs without it
 bfloat16 is emulated and slower than fp32.
 
+Two stabilisers for models whose gradients spike (flows on images: a rare batch can give a gradient 5-20
+times the typical norm): ``TrainSettings.grad_clip_norm = c`` rescales the gradient of every step to
+``g * min(1, c / |g|_2)`` before the optimizer sees it, and ``warmup_steps = T`` ramps the learning rate
+linearly, ``eta_t = eta * lr_decay^(epoch - 1) * (t + 1) / T`` for the first ``T`` steps (Glow's warm-up),
+then hands it back to the per-epoch decay.
+
 A loss term that becomes NaN or infinite stops the run with :class:`~dgmlab.errors.NonFiniteLossError`,
 naming the term, the epoch and the step; the last checkpoint is left as it was.
 """
@@ -104,6 +110,8 @@ class TrainSettings:
     checkpoint_every_minutes: float | None = None  # also checkpoint inside an epoch this often (module docstring)
     ema_decay: float | None = None  # keep an exponential moving average of the weights with this decay
     precision: str = "fp32"  # "bf16": training steps under bfloat16 autocast (module docstring); evaluation in fp32
+    grad_clip_norm: float | None = None  # rescale the gradient to at most this L2 norm before each step (None: off)
+    warmup_steps: int = 0  # the learning rate ramps up linearly over the first this many steps (0: off)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for settings that cannot work."""
@@ -131,6 +139,13 @@ class TrainSettings:
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) (e.g. 0.999) or None for no averaging, "
                              f"got {self.ema_decay!r}")
+        clip = self.grad_clip_norm
+        if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
+                                     and 0 < clip < math.inf):
+            raise ValueError(f"grad_clip_norm must be a positive number (e.g. 100) or None for no clipping, "
+                             f"got {clip!r}")
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0 (0: no warm-up), got {self.warmup_steps!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (bf16: mixed precision for the "
                              f"training steps), got {self.precision!r}")
@@ -452,6 +467,16 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
             _check_finite(terms, epoch, step + 1, run_path)
             optimizer.zero_grad(set_to_none=True)
             out.loss.mean().backward()
+            if settings.grad_clip_norm is not None:
+                # g <- g min(1, c / |g|_2)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip_norm)
+            if step < settings.warmup_steps:
+                # eta_t = eta * lr_decay^(epoch - 1) * (t + 1) / T_warmup for the first T_warmup steps
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.lr * settings.lr_decay ** (epoch - 1) * (step + 1) / settings.warmup_steps
+            elif step == settings.warmup_steps and step > 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.lr * settings.lr_decay ** (epoch - 1)
             optimizer.step()
             step += 1
             done += 1
