@@ -1,8 +1,8 @@
 """Glow and RealNVP on dequantized 8-bit MNIST: test bits/dim on the 10,000 test images after a time budget.
 
     .venv/bin/python benchmarks/flow_mnist_bpd.py                         # Glow, 30 min on the CPU (the target)
-    .venv/bin/python benchmarks/flow_mnist_bpd.py --device cuda --minutes 10 --batch-size 256 --hidden 256 \\
-        --steps 16 --lr 2e-3 --out runs/bench_glow_gpu                  # the GPU target, one command
+    .venv/bin/python benchmarks/flow_mnist_bpd.py --device cuda --precision bf16 --minutes 10 --batch-size 256 \\
+        --hidden 256 --steps 16 --lr 2e-3 --out runs/bench_glow_gpu      # the GPU target (<= 1.05), one command
     .venv/bin/python benchmarks/flow_mnist_bpd.py --ablation --minutes 4  # Glow's ablation at one budget each
     .venv/bin/python benchmarks/flow_mnist_bpd.py --minutes 0.1 --train-limit 512 --eval-limit 256 \\
         --levels 2 --steps 2 --hidden 16 --out /tmp/glow_smoke            # a smoke run (seconds)

@@ -249,7 +249,8 @@ class _Coupling(Transform):
         """Raw outputs ``[B, P, *shape]`` of the net at :math:`x_A = b \\odot x`."""
         features = self._context_features(context, x.shape[0])
         h = self.net(self.mask * x, features)
-        return h.reshape(x.shape[0], self.outputs_per_entry, *self.shape)
+        # under bf16 autocast only the network runs in bf16: its outputs, and so s, t and log|det|, are x's dtype
+        return h.to(x.dtype).reshape(x.shape[0], self.outputs_per_entry, *self.shape)
 
 
 class AdditiveCoupling(_Coupling):

@@ -80,8 +80,9 @@ def _per_channel(values: Tensor, x: Tensor) -> Tensor:
 
 
 def _apply_per_pixel(matrix: Tensor, x: Tensor) -> Tensor:
-    """:math:`y_{i,j} = M x_{i,j}` at every position of ``x`` ``[B, c, ...]``."""
-    return torch.einsum("ij,bj...->bi...", matrix, x)
+    """:math:`y_{i,j} = M x_{i,j}` at every position of ``x`` ``[B, c, ...]``, in ``x``'s dtype (bf16 autocast runs
+    the product in bf16; the flow's activations stay fp32)."""
+    return torch.einsum("ij,bj...->bi...", matrix, x).to(x.dtype)
 
 
 def random_rotation(channels: int, seed: int | None = None) -> Tensor:

@@ -117,7 +117,7 @@ class Split(Transform):
     def prior_parameters(self, z1: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\mu(z_1), \\log\\sigma(z_1))`, each ``[B, channels // 2, H, W]``."""
         # (mu, log sigma) = NN(z1)
-        mu, log_sigma = self.prior(z1).chunk(2, dim=1)
+        mu, log_sigma = self.prior(z1).to(z1.dtype).chunk(2, dim=1)  # z1's dtype under bf16 autocast too
         return mu, log_sigma
 
     def forward(self, x: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
