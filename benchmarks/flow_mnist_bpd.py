@@ -119,7 +119,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up (0: off)")
     parser.add_argument("--grad-clip", type=float, default=1000.0,
                         help="clip the gradient's L2 norm (per-image NLL gradients are ~1e4; 0: off)")
-    parser.add_argument("--ema-decay", type=float, default=0.999, help="evaluate an EMA of the weights (0: off)")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="evaluate an EMA of the weights (0: off; turn it off for runs of a few hundred steps, "
+                             "whose average still holds the early weights)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--train-limit", type=int, default=0, help="train on the first N images (0: all 60,000)")
     parser.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
@@ -154,9 +156,12 @@ def main() -> None:
         print(f"  -> test {result['test_bits_per_dim']:.4f} bits/dim after {result['epochs']} epochs", flush=True)
     table = ["| permutation | coupling | epochs | test bits/dim |", "|---|---|---|---|"]
     table += [f"| {r['permutation']} | {r['coupling']} | {r['epochs']} | {r['test_bits_per_dim']:.4f} |" for r in rows]
+    budget = (f"{args.epochs} epoch(s) over {len(x_train):,} training images each" if args.epochs
+              else f"{args.minutes} min of training each")
     header = (f"Glow ablation on dequantized 8-bit MNIST, {args.levels} levels x {args.steps} steps, {args.hidden} "
-              f"hidden channels, batch {args.batch_size}, {args.minutes} min of training each on "
-              f"{resolve_device(args.device)}, test bits/dim on {len(x_test)} images")
+              f"hidden channels, batch {args.batch_size}, {budget} on {resolve_device(args.device)} "
+              f"({torch.get_num_threads()} threads), EMA {args.ema_decay or 'off'}, test bits/dim on "
+              f"{len(x_test):,} images")
     (args.out / "ablation.md").write_text(header + "\n\n" + "\n".join(table) + "\n")
     (args.out / "ablation.json").write_text(json.dumps({"setting": header, "rows": rows}, indent=2) + "\n")
     print(header)
