@@ -15,6 +15,7 @@ from dgmlab.utils import (
     check_int,
     check_positive_number,
     check_widths,
+    cpu_threads,
     device_of,
     eval_mode,
     is_int,
@@ -75,3 +76,15 @@ def test_worker_pool_gives_results_in_order_and_falls_back_in_process(monkeypatc
     with pytest.warns(RuntimeWarning, match="test pool: a worker process died"):
         results = run_in_processes(_square_or_die, [(v,) for v in range(5)], workers=2, what="test pool")
     assert results == [0, 1, 4, 9, 16]  # what the broken pool did not finish ran here
+
+
+def test_cpu_threads_limits_the_block_and_restores_the_caller_s_number():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), cpu_threads(1):
+        raise RuntimeError("the number is restored on an error too")
+    assert torch.get_num_threads() == before
+    with cpu_threads(1, torch.device("cuda")):  # another device: the CPU threads are left alone
+        assert torch.get_num_threads() == before

@@ -30,6 +30,22 @@ def device_of(module: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
+def cpu_threads(count: int, device: torch.device | None = None) -> Iterator[None]:
+    """Limit torch's intra-op CPU threads to ``count`` inside the block (only when ``device`` is the CPU or
+    ``None``); the previous number is restored. Small tensors gain nothing from a second thread, and two threads
+    waiting on each other on a busy machine can be many times slower than one."""
+    if device is not None and device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """Run a block with every submodule of ``module`` in evaluation mode, then give each its own mode back.
 
@@ -133,5 +149,5 @@ def run_in_processes(function: Callable[..., T], jobs: Sequence[tuple[Any, ...]]
     return [results[index] for index in range(len(jobs))]
 
 
-__all__ = ["can_fork", "check_int", "check_positive_number", "check_widths", "default_workers", "device_of",
-           "eval_mode", "is_int", "run_in_processes"]
+__all__ = ["can_fork", "check_int", "check_positive_number", "check_widths", "cpu_threads", "default_workers",
+           "device_of", "eval_mode", "is_int", "run_in_processes"]

@@ -76,13 +76,12 @@ below ``border_tolerance`` times its peak, and the rule on every other point (sp
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -98,7 +97,7 @@ from dgmlab.config import COMMAND_KEY, load_config
 from dgmlab.errors import ConfigError, NonFiniteLossError, RunExistsError
 from dgmlab.models.flows import Compose, Flow, Inverse, Planar, Radial, StandardNormal, Transform
 from dgmlab.rundir import lock_run
-from dgmlab.utils import check_int, check_positive_number, default_workers, run_in_processes
+from dgmlab.utils import check_int, check_positive_number, cpu_threads, default_workers, run_in_processes
 
 COMMAND = "potentials"  # the config's COMMAND_KEY: dgmlab potentials reads it
 OUTPUT_FILES = ("results.json", "table.md", "figure.png")  # a finished run; results.json is written last
@@ -605,17 +604,6 @@ def _worker_start() -> None:
     torch.set_num_threads(1)
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """The fits run here: one intra-op thread inside the block (as in a worker), the caller's number after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _column_name(flow: str, length: int) -> str:
     return f"{flow} K={length}"
 
@@ -717,7 +705,7 @@ def run_potentials(out: Path, *, quick: bool = False, config: str | Path = "plan
                 log(f"{outcome.potential} {_column_name(outcome.flow, outcome.length)}: KL {_format_kl(outcome)} "
                     f"nats ({outcome.iterations:,} iterations, {outcome.seconds:.1f} s)")
 
-        with _one_thread():
+        with cpu_threads(1):  # the fits run here: one thread, as in a worker
             finished = run_in_processes(_run_fit, [(job, settings) for job in jobs], workers, on_result=report,
                                         initializer=_worker_start, what="run_potentials")
         outcomes = {(o.potential, o.flow, o.length): o for o in finished}

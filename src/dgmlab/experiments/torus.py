@@ -43,13 +43,12 @@ shares the cores. The full experiment instead trains two runs at a time in two f
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import html
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ from dgmlab.evaluate import METRIC_UNITS, oracle_metrics, point_cloud_metrics, s
 from dgmlab.models import PointVAE, count_parameters
 from dgmlab.plots.templates import read_template
 from dgmlab.train import History, TrainSettings, fit, resolve_device
-from dgmlab.utils import default_workers, device_of, run_in_processes
+from dgmlab.utils import cpu_threads, default_workers, device_of, run_in_processes
 
 __all__ = ["DECODERS", "MODEL_TABLES", "TorusResult", "interactive_html", "interpolate", "ring_metrics",
            "run_torus", "torus_config", "train_decoder"]
@@ -135,20 +134,6 @@ def torus_config(decoder: str, steps: int = 1000, seed: int = 0, device: str = "
         "train": {**TRAIN_TABLE, "epochs": steps, "seed": seed, "device": device, "progress": False,
                   "checkpoint_every": steps},
     }
-
-
-@contextlib.contextmanager
-def _cpu_threads(count: int, device: torch.device) -> Iterator[None]:
-    """Limit torch's CPU threads inside the block (CPU only); the previous number is restored."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -506,7 +491,7 @@ def run_torus(out_dir: Path, quick: bool = False, device: str = "auto", seed: in
             tqdm.write(f"torus {run.decoder} seed {run.seed}: final loss {run.metrics['final_loss']:.5f}, "
                        f"mean surface distance {distance:.4f} ({run.metrics['train_seconds']:.1f} s)")
 
-    with _cpu_threads(1, torch_device):
+    with cpu_threads(1, torch_device):
         finished = _train_all(jobs, steps, device, out_dir, points, held_out, workers, report, overwrite=overwrite)
         runs: dict[str, list[_Run]] = {}
         for job in jobs:
