@@ -71,12 +71,13 @@ def training_summary(run: Path, model: VAE) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_recipe_arguments(parser: argparse.ArgumentParser, budget_help: str) -> None:
+    """The options of the VAE recipe (architecture, budget, optimisation, warm-up, EMA, the L_k evaluation and
+    the machine), shared with benchmarks/vae_planar_nll.py."""
     parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024])
     parser.add_argument("--latent", type=int, default=32)
     parser.add_argument("--activation", default="gelu")
-    parser.add_argument("--minutes", type=float, default=30.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=30.0, help=budget_help)
     parser.add_argument("--epochs", type=int, default=0,
                         help="epochs to train (0: as many as the time budget allows, measured on this machine)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -86,13 +87,18 @@ def main() -> None:
     parser.add_argument("--warmup-epochs", type=int, default=10)
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="evaluate an exponential moving average of the weights with this decay (0: off)")
-    parser.add_argument("--eval-k", type=int, default=5000)
-    parser.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    parser.add_argument("--eval-k", type=int, default=5000, help="importance samples k of -L_k")
+    parser.add_argument("--eval-limit", type=int, default=0, help="-L_k on the first N test images (0: all)")
     parser.add_argument("--eval-batch", type=int, default=100)
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, budget_help="training time budget")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_vae_nll"))
     parser.add_argument("--overwrite", action="store_true", help="replace the run that --out holds already")
     parser.add_argument("--eval-only", action="store_true",

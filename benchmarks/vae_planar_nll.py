@@ -47,7 +47,7 @@ from dgmlab.objectives import negative_elbo
 from dgmlab.train import TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vae_mnist_nll import WarmupELBO  # noqa: E402  (the KL warm-up objective, shared with that benchmark)
+from vae_mnist_nll import WarmupELBO, add_recipe_arguments  # noqa: E402  (the recipe, shared with that benchmark)
 
 # Rezende & Mohamed (2015), Table 2: -ln p(x) <= these (nats), DLGM with a diagonal Gaussian (K = 0) and with K
 # planar steps. As commonly quoted; K = 80 (85.1) agrees with an independent secondary source, the rest unverified.
@@ -69,28 +69,9 @@ def _flow_lengths(text: str) -> list[int]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=_flow_lengths, default=[0, 10, 40], help="flow lengths K, e.g. 0,10,40")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024])
-    parser.add_argument("--latent", type=int, default=32)
-    parser.add_argument("--activation", default="gelu")
-    parser.add_argument("--minutes", type=float, default=30.0, help="training time budget per flow length")
-    parser.add_argument("--epochs", type=int, default=0,
-                        help="epochs to train (0: as many as the time budget allows, measured on this machine)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--lr-final", type=float, default=1e-4,
-                        help="learning rate reached at the end of the budget (exponential decay per epoch)")
-    parser.add_argument("--warmup-epochs", type=int, default=10)
-    parser.add_argument("--ema-decay", type=float, default=0.999,
-                        help="evaluate an exponential moving average of the weights with this decay (0: off)")
+    add_recipe_arguments(parser, budget_help="training time budget per flow length")
     parser.add_argument("--train-limit", type=int, default=0, help="train on the first N images (0: all)")
     parser.add_argument("--test-limit", type=int, default=0, help="test -ELBO on the first N test images (0: all)")
-    parser.add_argument("--eval-k", type=int, default=5000, help="importance samples k of -L_k")
-    parser.add_argument("--eval-limit", type=int, default=0, help="-L_k on the first N test images (0: all)")
-    parser.add_argument("--eval-batch", type=int, default=100)
-    parser.add_argument("--chunk", type=int, default=500)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_vae_planar"))
     parser.add_argument("--overwrite", action="store_true", help="replace the runs that --out holds already")
     parser.add_argument("--eval-only", action="store_true",
