@@ -117,6 +117,31 @@ def test_a_coupling_leaves_the_masked_part_unchanged():
         assert not torch.allclose(y[:, ~b], x[:, ~b])
 
 
+@pytest.mark.parametrize(("shape", "mask", "invert", "reads", "writes"), [
+    ((3, 4, 4), "channel", False, 2, 1), ((3, 4, 4), "channel", True, 1, 2),
+    ((5,), "half", False, 3, 2), ((5,), "alternating", True, 2, 3),
+    ((3, 4, 4), "checkerboard", False, 3, 3),
+])
+def test_a_split_mask_conditioner_reads_x_a_and_writes_x_b_only(shape, mask, invert, reads, writes):
+    # channel and vector masks: the net's input is x_A's channels (features), its output s and t for x_B's;
+    # the checkerboard keeps every channel in and out
+    coupling = AffineCoupling(shape, mask, hidden=8, invert_mask=invert, identity_init=False).double()
+    first, last = coupling.net.layers[0], coupling.net.layers[-1]
+    sizes = (first.in_channels, last.out_channels) if len(shape) == 3 else (first.in_features, last.out_features)
+    assert sizes == (reads, 2 * writes)
+    # y_B depends on x_A only through the net: changing x_B moves y_B element by element, never y_A
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    b = coupling_mask(shape, mask, invert).bool()
+    moved = x.clone()
+    moved[:, ~b] += 1.0
+    y, _ = coupling(x)
+    y_moved, _ = coupling(moved)
+    torch.testing.assert_close(y_moved[:, b], y[:, b], rtol=0, atol=0)
+    _, s, t = coupling._scale_and_shift(x, None)
+    _, s_moved, t_moved = coupling._scale_and_shift(moved, None)
+    torch.testing.assert_close((s_moved, t_moved), (s, t), rtol=0, atol=0)
+
+
 def test_masks_follow_their_patterns():
     assert coupling_mask((5,), "half").tolist() == [1, 1, 1, 0, 0]
     assert coupling_mask((5,), "alternating", invert_mask=True).tolist() == [0, 1, 0, 1, 0]

@@ -51,8 +51,19 @@ Conditioners
 ------------
 For images a small convolutional network (RealNVP/Glow's shape: 3x3 conv, ReLU, 1x1 conv, ReLU, 3x3 conv,
 zero-padded so the spatial size is kept); for vectors an MLP with two ReLU hidden layers. ``hidden`` sets
-the width. The affine coupling's net outputs :math:`2C` channels (:math:`2D` features): :math:`h` for
-:math:`s` and :math:`t`; the additive one :math:`C` (:math:`D`).
+the width. What the network reads and writes depends on the mask:
+
+* the **channel** mask and the vector masks select whole channels (features), so the network reads only
+  the :math:`C_A` channels of :math:`x_A` and writes :math:`s, t` for the :math:`C_B` channels of
+  :math:`x_B` only, the split form :math:`(x_A, x_B) = \operatorname{split}(x)` of Glow's coupling
+  (RealNVP's eq. 9 with a channel mask, written without the zeros): no multiply-adds are spent on the
+  masked half;
+* the **checkerboard** mask interleaves :math:`x_A` and :math:`x_B` within every channel, so the network
+  keeps the spatial layout: it reads :math:`b\odot x` (all :math:`C` channels) and its outputs are
+  multiplied by :math:`1 - b`.
+
+The affine coupling's net outputs two values per transformed entry (:math:`h` for :math:`s` and
+:math:`t`), the additive one one (:math:`t`).
 
 Context
 -------
@@ -150,26 +161,25 @@ def _check_shape(shape: Any, owner: str) -> tuple[int, ...]:
 
 
 class _Conditioner(nn.Module):
-    """The coupling's network: ``[B, *shape]`` (and context features ``[B, K]``) to ``[B, P * C, H, W]`` or
-    ``[B, P * D]`` raw outputs, ``P`` = outputs per entry; last layer zero when ``identity_init``."""
+    """The coupling's network: ``[B, C_in, H, W]`` (images) or ``[B, D_in]`` (vectors), with context features
+    ``[B, K]``, to ``[B, P * C_out, H, W]`` or ``[B, P * D_out]`` raw outputs, ``P`` = outputs per entry; last
+    layer zero when ``identity_init``."""
 
-    def __init__(self, shape: tuple[int, ...], context_features: int, hidden: int, outputs: int,
+    def __init__(self, is_image: bool, inputs: int, outputs: int, context_features: int, hidden: int,
                  identity_init: bool) -> None:
         super().__init__()
-        self.is_image = len(shape) == 3
-        if self.is_image:
-            channels = shape[0]
+        self.is_image = is_image
+        if is_image:
             # 3x3 conv -> ReLU -> 1x1 conv -> ReLU -> 3x3 conv (RealNVP/Glow's conditioner shape)
             self.layers = nn.Sequential(
-                nn.Conv2d(channels + context_features, hidden, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(inputs + context_features, hidden, 3, padding=1), nn.ReLU(),
                 nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
-                nn.Conv2d(hidden, outputs * channels, 3, padding=1))
+                nn.Conv2d(hidden, outputs, 3, padding=1))
         else:
-            dim = shape[0]
             self.layers = nn.Sequential(
-                nn.Linear(dim + context_features, hidden), nn.ReLU(),
+                nn.Linear(inputs + context_features, hidden), nn.ReLU(),
                 nn.Linear(hidden, hidden), nn.ReLU(),
-                nn.Linear(hidden, outputs * dim))
+                nn.Linear(hidden, outputs))
         if identity_init:
             # Glow's zero initialisation of the last layer: s = t = 0, the coupling starts as the identity
             nn.init.zeros_(self.layers[-1].weight)
@@ -181,6 +191,8 @@ class _Conditioner(nn.Module):
                 # the context as K constant planes beside the image channels
                 features = features[:, :, None, None].expand(-1, -1, *x_a.shape[2:])
             x_a = torch.cat([x_a, features.to(x_a.dtype)], dim=1)
+        if self.is_image:
+            x_a = x_a.contiguous(memory_format=torch.channels_last)
         return self.layers(x_a)
 
 
@@ -207,9 +219,19 @@ class _Coupling(Transform):
             raise ModelConfigError(f"{owner}: give context_dim (a [B, K] float context) or num_classes (class "
                                    f"labels), not both; got {context_dim} and {num_classes}")
         self.mask_kind, self.hidden = mask, hidden
-        self.register_buffer("mask", coupling_mask(self.shape, mask, invert_mask))
-        self.net = _Conditioner(self.shape, self.context_dim + self.num_classes, hidden, self.outputs_per_entry,
-                                identity_init)
+        b = coupling_mask(self.shape, mask, invert_mask)
+        self.register_buffer("mask", b)
+        # channel and vector masks select whole entries of dimension 1: the net reads x_A's, writes x_B's only
+        self.split = mask != "checkerboard"
+        if self.split:
+            selected = b.reshape(self.shape[0], -1)[:, 0].bool()
+            self.register_buffer("pass_index", selected.nonzero()[:, 0], persistent=False)
+            self.register_buffer("transform_index", (~selected).nonzero()[:, 0], persistent=False)
+            inputs, outputs = len(self.pass_index), len(self.transform_index)
+        else:
+            inputs = outputs = self.shape[0]
+        self.net = _Conditioner(len(self.shape) == 3, inputs, self.outputs_per_entry * outputs,
+                                self.context_dim + self.num_classes, hidden, identity_init)
 
     def _check_input(self, x: Any, name: str) -> Tensor:
         if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.shape:
@@ -245,12 +267,31 @@ class _Coupling(Transform):
                              f"{int(labels.min())}..{int(labels.max())}")
         return F.one_hot(labels.to(self.mask.device), self.num_classes)
 
-    def _conditioner_output(self, x: Tensor, context: Any) -> Tensor:
-        """Raw outputs ``[B, P, *shape]`` of the net at :math:`x_A = b \\odot x`."""
+    def _condition(self, x: Tensor, context: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(x_B, h)``: the part that is transformed and the net's ``P`` raw outputs at :math:`x_A`, a tuple of
+        tensors shaped like ``x_B``. With a split mask :math:`x_B` is the selected channels (features); with the
+        checkerboard it is all of ``x`` and ``h`` is zero on :math:`x_A` (multiplied by :math:`1 - b`)."""
         features = self._context_features(context, x.shape[0])
-        h = self.net(self.mask * x, features)
-        # under bf16 autocast only the network runs in bf16: its outputs, and so s, t and log|det|, are x's dtype
-        return h.to(x.dtype).reshape(x.shape[0], self.outputs_per_entry, *self.shape)
+        if self.split:
+            # (x_A, x_B) = split(x): the net reads x_A only
+            x_b = x.index_select(1, self.transform_index)
+            h = self.net(x.index_select(1, self.pass_index), features)
+        else:
+            # the net reads b * x
+            x_b = x
+            h = self.net(self.mask * x, features)
+        # under bf16 autocast only the network runs in bf16: its outputs, and so s, t and log|det|, are x's dtype;
+        # the P outputs per entry are P blocks of channels (features), split without a copy
+        h = h.to(x.dtype).chunk(self.outputs_per_entry, dim=1)
+        if not self.split:
+            # only x_B is changed: h = 0 on x_A, so s = t = 0 there
+            h = tuple((1 - self.mask) * part for part in h)
+        return x_b, h
+
+    def _assemble(self, x: Tensor, y_b: Tensor) -> Tensor:
+        """``y`` from the unchanged :math:`x_A` (in ``x``) and the transformed :math:`y_B`."""
+        # y = concat(y_A = x_A, y_B) in x's order
+        return x.index_copy(1, self.transform_index, y_b) if self.split else y_b
 
 
 class AdditiveCoupling(_Coupling):
@@ -265,17 +306,15 @@ class AdditiveCoupling(_Coupling):
 
     def forward(self, x: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
         x = self._check_input(x, "x")
-        t = self._conditioner_output(x, context)[:, 0]
-        # y = x_A + (1 - b) (x + t(x_A))
-        y = x + (1 - self.mask) * t
-        return y, x.new_zeros(x.shape[0])
+        x_b, h = self._condition(x, context)
+        # y_B = x_B + t(x_A), log|det| = 0
+        return self._assemble(x, x_b + h[0]), x.new_zeros(x.shape[0])
 
     def inverse(self, y: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
         y = self._check_input(y, "y")
-        t = self._conditioner_output(y, context)[:, 0]
+        y_b, h = self._condition(y, context)
         # x_B = y_B - t(y_A)
-        x = y - (1 - self.mask) * t
-        return x, y.new_zeros(y.shape[0])
+        return self._assemble(y, y_b - h[0]), y.new_zeros(y.shape[0])
 
 
 class AffineCoupling(_Coupling):
@@ -296,26 +335,26 @@ class AffineCoupling(_Coupling):
         self.scale_bound = check_positive_number(scale_bound, "scale_bound", owner="AffineCoupling",
                                                  error=ModelConfigError, hint="|s| < scale_bound")
 
-    def _scale_and_shift(self, x: Tensor, context: Any) -> tuple[Tensor, Tensor]:
-        h = self._conditioner_output(x, context)
-        # s = (1 - b) beta tanh(h / beta), t = (1 - b) t: only x_B is scaled and shifted
-        s = (1 - self.mask) * self.scale_bound * torch.tanh(h[:, 0] / self.scale_bound)
-        t = (1 - self.mask) * h[:, 1]
-        return s, t
+    def _scale_and_shift(self, x: Tensor, context: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x_B, s, t)`` at :math:`x_A` (``s = t = 0`` on :math:`x_A` under the checkerboard)."""
+        x_b, h = self._condition(x, context)
+        # s = beta tanh(h / beta), t = h_t
+        s = self.scale_bound * torch.tanh(h[0] / self.scale_bound)
+        return x_b, s, h[1]
 
     def forward(self, x: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
         x = self._check_input(x, "x")
-        s, t = self._scale_and_shift(x, context)
-        # y_B = x_B exp(s(x_A)) + t(x_A), y_A = x_A (s = t = 0 there)
-        y = x * torch.exp(s) + t
+        x_b, s, t = self._scale_and_shift(x, context)
+        # y_B = x_B exp(s(x_A)) + t(x_A), y_A = x_A
+        y = self._assemble(x, x_b * torch.exp(s) + t)
         # log|det dy/dx| = sum_j (1 - b_j) s_j
         return y, sum_except_batch(s)
 
     def inverse(self, y: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
         y = self._check_input(y, "y")
-        s, t = self._scale_and_shift(y, context)
+        y_b, s, t = self._scale_and_shift(y, context)
         # x_B = (y_B - t(y_A)) exp(-s(y_A))
-        x = (y - t) * torch.exp(-s)
+        x = self._assemble(y, (y_b - t) * torch.exp(-s))
         return x, -sum_except_batch(s)
 
 
