@@ -36,7 +36,7 @@ from dgmlab.evaluate import flow_nll_accounting, interpolate_in_base, temperatur
 from dgmlab.models import count_parameters
 from dgmlab.models.flows import Glow
 from dgmlab.objectives import exact_nll
-from dgmlab.train import TrainSettings, epochs_in_budget, fit, resolve_device
+from dgmlab.train import TrainSettings, fit, resolve_device, steps_in_budget
 
 PUBLISHED = {"glow": 1.05, "realnvp": 1.06}
 TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
@@ -59,15 +59,22 @@ def train_and_evaluate(args: argparse.Namespace, permutation: str, coupling: str
                  permutation=permutation, coupling=coupling, lu=True).to(device)
     model.initialize_from_data(x_train[:512].to(device))
     train = TensorBatches(x_train.to(device), batch_size=args.batch_size, seed=args.seed, transform=transform)
-    epochs = args.epochs or epochs_in_budget(model, objective, train, args.minutes * 60, probe_steps=20,
-                                             precision=args.precision)
+    if args.epochs:
+        epochs, max_steps = args.epochs, None
+    else:
+        # the steps the budget allows (an epoch is minutes long here): the last epoch ends at max_steps, part-way
+        max_steps = steps_in_budget(model, objective, train, args.minutes * 60, probe_steps=20,
+                                    precision=args.precision)
+        epochs = math.ceil(max_steps / len(train))
     # the learning rate decays exponentially from --lr to --lr-final over the planned epochs
     lr_decay = (args.lr_final / args.lr) ** (1 / max(epochs - 1, 1))
     settings = TrainSettings(epochs=epochs, lr=args.lr, lr_decay=lr_decay, seed=args.seed, device=str(device),
-                             time_limit=args.minutes * 60 if not args.epochs else None, progress=False,
+                             max_steps=max_steps, time_limit=args.minutes * 60 if not args.epochs else None,
+                             progress=False,
                              ema_decay=args.ema_decay or None, precision=args.precision,
                              warmup_steps=args.warmup_steps, grad_clip_norm=args.grad_clip or None)
-    print(f"[{permutation}/{coupling}] {count_parameters(model):,} parameters, {epochs} epochs planned "
+    planned = f"{epochs} epochs" if max_steps is None else f"{max_steps} steps ({epochs} epochs, the last cut short)"
+    print(f"[{permutation}/{coupling}] {count_parameters(model):,} parameters, {planned} planned "
           f"(budget {args.minutes} min), lr {args.lr:g} -> {args.lr_final:g}", flush=True)
     started = time.perf_counter()
     history = fit(model, objective, train, settings=settings, run_dir=out, overwrite=args.overwrite,
@@ -79,7 +86,8 @@ def train_and_evaluate(args: argparse.Namespace, permutation: str, coupling: str
     accounting = flow_nll_accounting(model, x_test.to(device), levels=256, batch_size=500)
     result = {
         "model": f"Glow(levels={args.levels}, steps={args.steps}, hidden={args.hidden}, {permutation}, {coupling})",
-        "parameters": count_parameters(model), "epochs": len(history.records), "batch_size": args.batch_size,
+        "parameters": count_parameters(model), "epochs": len(history.records),
+        "train_steps": history.records[-1]["step"], "batch_size": args.batch_size,
         "train_minutes": round(train_minutes, 2), "device": str(device), "threads": torch.get_num_threads(),
         "precision": args.precision,
         "train_bits_per_dim_last_epoch": round(history.last("train", "bits_per_dim"), 4),
@@ -114,9 +122,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per run")
     parser.add_argument("--epochs", type=int, default=0, help="train exactly this many epochs (0: the budget)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lr-final", type=float, default=2e-4)
-    parser.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up (0: off)")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up (0: off)")
     parser.add_argument("--grad-clip", type=float, default=1000.0,
                         help="clip the gradient's L2 norm (per-image NLL gradients are ~1e4; 0: off)")
     parser.add_argument("--ema-decay", type=float, default=0.999,

@@ -293,6 +293,10 @@ def test_epochs_in_budget_scales_with_the_budget_and_leaves_the_run_alone(monkey
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
     assert train_module.epochs_in_budget(model, elbo, train, seconds=100, probe_steps=30) == 23
     assert train_module.epochs_in_budget(model, elbo, train, seconds=1) == 1  # at least one epoch
+    # in steps, the same probe: int(92 / 1) = 92 steps of 1 s (23 epochs of 4), and at least one step
+    assert train_module.steps_in_budget(model, elbo, train, seconds=100, probe_steps=30) == 92
+    assert train_module.steps_in_budget(model, elbo, train, seconds=10, margin=0.5) == 5
+    assert train_module.steps_in_budget(model, elbo, train, seconds=0.1) == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # probed on a copy
     assert torch.equal(torch.get_rng_state(), rng)
 
@@ -384,7 +388,7 @@ def test_epochs_in_budget_ignores_slow_first_steps(monkeypatch):
         import sys
 
         # only the probe's own reads count (torch may read the clock too); every second one ends a step
-        if sys._getframe(1).f_code.co_name == "epochs_in_budget" and next(reads) % 2:
+        if sys._getframe(1).f_code.co_name == "seconds_per_step" and next(reads) % 2:
             now[0] += next(durations)
         return now[0]
 

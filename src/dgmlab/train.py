@@ -295,16 +295,15 @@ def _set_epoch(batches: Any, epoch: int) -> None:
 WARM_UP_STEPS = 8  # untimed steps before a budget probe: kernel selection and allocation in a fresh process
 
 
-def epochs_in_budget(model: nn.Module, objective: Objective, train_batches: Any, seconds: float,
-                     probe_steps: int = 30, margin: float = 0.92, precision: str = "fp32") -> int:
-    """How many epochs of ``train_batches`` fit in ``seconds`` on this machine: the **median** time of
-    ``probe_steps`` Adam steps (after ``WARM_UP_STEPS`` untimed ones, with the trainer's optimizer and
-    ``precision``) on a throw-away copy of ``model``, under a forked RNG so the run itself is unaffected, times
-    the batches per epoch, with ``margin`` left for evaluation and bookkeeping. At least 1.
+def seconds_per_step(model: nn.Module, objective: Objective, train_batches: Any, probe_steps: int = 30,
+                     precision: str = "fp32") -> float:
+    """The **median** time of ``probe_steps`` Adam steps on ``train_batches`` (after ``WARM_UP_STEPS`` untimed
+    ones, with the trainer's optimizer and ``precision``) on a throw-away copy of ``model``, under a forked RNG
+    so the run itself is unaffected.
 
     The median and the warm-up because the first steps of a fresh process are slow (kernel selection,
     allocation) and single steps can be slowed by other work: a mean over the first steps overestimates the
-    time per step, so it plans too few epochs and the run ends well before its budget."""
+    time per step, so a budget planned from it ends well before its time."""
     import copy
 
     device = device_of(model)
@@ -334,8 +333,24 @@ def epochs_in_budget(model: nn.Module, objective: Objective, train_batches: Any,
             optimizer.step()
             synchronize()
             times.append(time.perf_counter() - started)
-    per_epoch = statistics.median(times[WARM_UP_STEPS:]) * len(train_batches)  # warm-up steps do not count
+    return statistics.median(times[WARM_UP_STEPS:])  # warm-up steps do not count
+
+
+def epochs_in_budget(model: nn.Module, objective: Objective, train_batches: Any, seconds: float,
+                     probe_steps: int = 30, margin: float = 0.92, precision: str = "fp32") -> int:
+    """How many whole epochs of ``train_batches`` fit in ``seconds`` on this machine: :func:`seconds_per_step`
+    times the batches per epoch, with ``margin`` left for evaluation and bookkeeping. At least 1."""
+    per_epoch = seconds_per_step(model, objective, train_batches, probe_steps, precision) * len(train_batches)
     return max(1, int(margin * seconds / per_epoch))
+
+
+def steps_in_budget(model: nn.Module, objective: Objective, train_batches: Any, seconds: float,
+                    probe_steps: int = 30, margin: float = 0.92, precision: str = "fp32") -> int:
+    """How many training steps fit in ``seconds``: ``margin * seconds`` over :func:`seconds_per_step`. At least 1.
+
+    For runs of a few long epochs: ``TrainSettings(max_steps=n, epochs=ceil(n / len(train_batches)))`` ends
+    inside the last epoch, where :func:`epochs_in_budget` would leave most of an epoch's time unused."""
+    return max(1, int(margin * seconds / seconds_per_step(model, objective, train_batches, probe_steps, precision)))
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
@@ -541,4 +556,4 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
 
 __all__ = ["DEVICES", "PRECISIONS", "History", "NonFiniteLossError", "ParameterAverage", "RunExistsError",
            "RunLockedError", "RunningMeans", "TrainSettings", "TrainingError", "epochs_in_budget", "evaluate",
-           "fit", "make_optimizer", "resolve_device", "training_precision"]
+           "fit", "make_optimizer", "resolve_device", "seconds_per_step", "steps_in_budget", "training_precision"]
