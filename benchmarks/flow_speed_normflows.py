@@ -102,7 +102,7 @@ class Trainee:
         self.times.append(elapsed)
         self.seconds += elapsed
         self.steps += 1
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def test_bits_per_dim(self, x_test: torch.Tensor, batch: int = 500) -> float:
