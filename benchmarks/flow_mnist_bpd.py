@@ -32,6 +32,7 @@ import torch
 
 from dgmlab import plots
 from dgmlab.data import TensorBatches, mnist_tensors
+from dgmlab.errors import DgmlabError
 from dgmlab.evaluate import flow_nll_accounting, interpolate_in_base, temperature_samples
 from dgmlab.models import count_parameters
 from dgmlab.models.flows import Glow
@@ -74,8 +75,9 @@ def train_and_evaluate(args: argparse.Namespace, permutation: str, coupling: str
                              ema_decay=args.ema_decay or None, precision=args.precision,
                              warmup_steps=args.warmup_steps, grad_clip_norm=args.grad_clip or None)
     planned = f"{epochs} epochs" if max_steps is None else f"{max_steps} steps ({epochs} epochs, the last cut short)"
-    print(f"[{permutation}/{coupling}] {count_parameters(model):,} parameters, {planned} planned "
-          f"(budget {args.minutes} min), lr {args.lr:g} -> {args.lr_final:g}", flush=True)
+    budget = "--epochs, no time limit" if args.epochs else f"budget {args.minutes} min"
+    print(f"[{permutation}/{coupling}] {count_parameters(model):,} parameters, {planned} planned ({budget}), "
+          f"lr {args.lr:g} -> {args.lr_final:g}", flush=True)
     started = time.perf_counter()
     history = fit(model, objective, train, settings=settings, run_dir=out, overwrite=args.overwrite,
                   config={"benchmark": "flow_mnist_bpd", **{k: str(v) if isinstance(v, Path) else v
@@ -178,4 +180,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DgmlabError as error:  # an existing run in --out, a bad option: one line, not a traceback
+        raise SystemExit(f"flow_mnist_bpd: {error}") from None
