@@ -192,6 +192,7 @@ class _Conditioner(nn.Module):
                 features = features[:, :, None, None].expand(-1, -1, *x_a.shape[2:])
             x_a = torch.cat([x_a, features.to(x_a.dtype)], dim=1)
         if self.is_image:
+            # channels-last: the layout in which the CPU's convolutions and their gradients run fastest here
             x_a = x_a.contiguous(memory_format=torch.channels_last)
         return self.layers(x_a)
 
