@@ -159,6 +159,10 @@ def test_time_limit_is_a_budget_no_epoch_ends_past_it(monkeypatch):
     train, _ = make_data()
     history = fit(make_model(), elbo, train, settings=quiet(epochs=10, time_limit=25))
     assert [r["seconds"] for r in history.records] == [10.0, 10.0]  # a third would end at 30 s
+    # with max_steps ending the third epoch after 1 of its 4 batches, it would end at 22.5 s: it runs
+    clock = iter(range(0, 10_000, 10))
+    history = fit(make_model(), elbo, train, settings=quiet(epochs=10, time_limit=25, max_steps=9))
+    assert [r["step"] for r in history.records] == [4, 8, 9]
 
 
 def test_resume_of_a_finished_run_trains_nothing(tmp_path):

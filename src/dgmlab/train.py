@@ -529,9 +529,13 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
         record["units"] = dict(units)
         record["seconds"] = round(earlier_seconds + time.perf_counter() - started, 3)
         training_seconds += record["seconds"]
-        # a budget: stop when the next epoch, if it takes as long as this one, would end past the limit
-        if settings.time_limit is not None and training_seconds + record["seconds"] > settings.time_limit:
-            stopped = True
+        # a budget: stop when the next epoch, at this epoch's time per step, would end past the limit; an epoch
+        # that max_steps cuts short is counted for the steps it will run
+        if settings.time_limit is not None and not stopped:
+            length = _length(train_batches) or done
+            coming = length if settings.max_steps is None else min(length, settings.max_steps - step)
+            if training_seconds + record["seconds"] * coming / max(done, 1) > settings.time_limit:
+                stopped = True
         history.records.append(record)
         if settings.progress:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record["train"].items())
