@@ -5,6 +5,12 @@
     .venv/bin/python benchmarks/vae_planar_nll.py --smoke          # the script end to end in seconds
     .venv/bin/python benchmarks/vae_planar_nll.py --eval-only --device cuda   # L_5000 of trained runs on a GPU
 
+    # the same budget on a busy machine: plan it on the quiet machine, train the rows side by side, then report
+    .venv/bin/python benchmarks/vae_planar_nll.py --plan --threads 2 --out runs/planar
+    .venv/bin/python benchmarks/vae_planar_nll.py --flows 40 --threads 1 --eval-limit 2000 --out runs/planar &
+    ...                                                                    # one process per K
+    .venv/bin/python benchmarks/vae_planar_nll.py --report --eval-limit 2000 --out runs/planar
+
 For each flow length K (``--flows``, default 0, 10, 40) one ``PlanarVAE`` trains for the same CPU budget
 (``--minutes``). K = 0 is exactly the VAE of benchmarks/vae_mnist_nll.py (same modules, same initialisation from
 the same seed); K > 0 adds the amortised planar flow, a linear head on the encoder's last hidden layer giving the
@@ -19,6 +25,13 @@ Evaluation: the 10,000 test images are binarized once with a fixed seed (as benc
 test -ELBO is over all of them (``--test-limit`` for fewer), and -L_k (k = ``--eval-k``, 5,000 by default)
 over the first ``--eval-limit`` (0: all); where those differ the -ELBO of the L_k images is reported too, so the
 two bounds of a row are on the same images. Writes ``result.json`` and ``bound_vs_flow_length.png`` to ``--out``.
+
+A budget is a number of epochs: ``epochs_in_budget`` measures seconds per step on this machine and the run stops at
+the time limit too. On a machine that other work shares, both would shrink the budget and make it differ between
+rows, so ``--plan`` measures every K once (run it alone, with the threads the budget is meant for) and writes
+``plan.json`` to ``--out``; a training run that finds its K in ``plan.json`` trains exactly those epochs with no
+time limit, whatever else runs beside it, and each row is also written to ``K<k>/row.json``. ``--report`` then
+gathers the rows of ``--flows`` into ``result.json``, the figure and the table.
 
 Reference: Rezende & Mohamed (2015), Table 2, bounds on -ln p(x) in nats on binarized MNIST for a DLGM with a
 diagonal Gaussian posterior and with K planar steps (``PAPER_TABLE2``). They are variational bounds (compare them
@@ -41,7 +54,7 @@ from matplotlib.figure import Figure
 from dgmlab import plots
 from dgmlab.checkpoint import load_weights
 from dgmlab.data import TensorBatches, mnist_tensors
-from dgmlab.evaluate import importance_weighted_nll
+from dgmlab.evaluate import importance_weighted_nll_per_example
 from dgmlab.models import PlanarVAE, count_parameters
 from dgmlab.objectives import negative_elbo
 from dgmlab.train import TrainSettings, epochs_in_budget, evaluate, fit, resolve_device
@@ -76,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace the runs that --out holds already")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the trained runs in --out (e.g. on a GPU) instead of training")
+    parser.add_argument("--plan", action="store_true",
+                        help="measure the epochs the budget allows for each K on this machine now, write them to "
+                             "--out/plan.json for later training runs, and stop")
+    parser.add_argument("--report", action="store_true",
+                        help="gather the rows that separate runs wrote to --out/K<k>/row.json into one result")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny settings to check the script (" + ", ".join(f"{k}={v}" for k, v in SMOKE.items())
                              + ")")
@@ -89,31 +107,76 @@ def build(args: argparse.Namespace, flow_length: int) -> PlanarVAE:
                      flow_length=flow_length)
 
 
+def _batches(args: argparse.Namespace, x_train: torch.Tensor, transform, device: torch.device) -> TensorBatches:
+    return TensorBatches(x_train.to(device), batch_size=args.batch_size, seed=args.seed, transform=transform)
+
+
+def _budget_epochs(args: argparse.Namespace, model: PlanarVAE, train: TensorBatches) -> int:
+    return epochs_in_budget(model, lambda m, b: negative_elbo(m, b[0]), train, args.minutes * 60, probe_steps=60)
+
+
+def plan(args: argparse.Namespace, x_train: torch.Tensor, transform, device: torch.device) -> dict[str, object]:
+    """The epochs the budget allows for every K of ``--flows``, measured now on this machine, as ``plan.json``."""
+    plan_path = args.out / "plan.json"
+    if plan_path.exists() and not args.overwrite:
+        raise SystemExit(f"{plan_path} exists already: pass --overwrite to measure the budget again")
+    train = _batches(args, x_train, transform, device)
+    epochs = {}
+    for flow_length in args.flows:
+        model = build(args, flow_length)
+        model.set_output_bias(x_train.mean(0))
+        epochs[str(flow_length)] = _budget_epochs(args, model, train)
+        print(f"K = {flow_length}: {epochs[str(flow_length)]} epochs in {args.minutes} min", flush=True)
+    result = {"budget_minutes_per_K": args.minutes, "threads": torch.get_num_threads(), "device": str(device),
+              "batch_size": args.batch_size, "train_images": len(x_train), "epochs": epochs,
+              "planned_at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+    plan_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def planned_epochs(args: argparse.Namespace, flow_length: int) -> int | None:
+    """The epochs that ``--out/plan.json`` holds for ``flow_length`` (None without a plan or with ``--epochs``)."""
+    plan_path = args.out / "plan.json"
+    if args.epochs or not plan_path.exists():
+        return None
+    plan = json.loads(plan_path.read_text())
+    if plan["budget_minutes_per_K"] != args.minutes or plan["batch_size"] != args.batch_size:
+        raise SystemExit(f"{plan_path} plans {plan['budget_minutes_per_K']} min at batch {plan['batch_size']}, this "
+                         f"run asks for {args.minutes} min at batch {args.batch_size}: match them, or plan again "
+                         f"with --plan --overwrite")
+    return plan["epochs"].get(str(flow_length))
+
+
 def train_one(args: argparse.Namespace, flow_length: int, x_train: torch.Tensor, transform, device: torch.device,
               run: Path) -> tuple[PlanarVAE, dict[str, object]]:
     """Train the model with ``flow_length`` planar steps for the budget into ``run``; returns it with its facts."""
     model = build(args, flow_length)
-    train = TensorBatches(x_train.to(device), batch_size=args.batch_size, seed=args.seed, transform=transform)
+    train = _batches(args, x_train, transform, device)
     model.set_output_bias(x_train.mean(0))
-    epochs = args.epochs or epochs_in_budget(model, lambda m, b: negative_elbo(m, b[0]), train, args.minutes * 60,
-                                             probe_steps=60)
+    from_plan = planned_epochs(args, flow_length)
+    epochs = args.epochs or from_plan or _budget_epochs(args, model, train)
     # lr decays exponentially from --lr to --lr-final over the planned epochs
     lr_decay = (args.lr_final / args.lr) ** (1 / max(epochs - 1, 1))
-    print(f"K = {flow_length}: training {epochs} epochs (budget {args.minutes} min)", flush=True)
+    source = "from plan.json, no time limit" if from_plan else f"budget {args.minutes} min"
+    print(f"K = {flow_length}: training {epochs} epochs ({source})", flush=True)
+    # a planned budget is its epochs: other work beside the run slows it down but must not cut it short
+    time_limit = None if (args.epochs or from_plan) else args.minutes * 60
     settings = TrainSettings(epochs=epochs, lr=args.lr, lr_decay=lr_decay, seed=args.seed, device=str(device),
-                             time_limit=args.minutes * 60, progress=False, ema_decay=args.ema_decay or None)
+                             time_limit=time_limit, progress=False, ema_decay=args.ema_decay or None)
     started = time.perf_counter()
     history = fit(model, WarmupELBO(args.warmup_epochs), train, settings=settings, run_dir=run,
                   overwrite=args.overwrite,
                   config={"benchmark": "vae_planar_nll", **vars(args), "flows": args.flows, "flow_length": flow_length,
                           "out": str(args.out)})
-    return model, {"epochs": len(history.records), "train_minutes": round((time.perf_counter() - started) / 60, 2),
+    return model, {"epochs": len(history.records), "planned_epochs": epochs, "budget_from_plan": bool(from_plan),
+                   "train_minutes": round((time.perf_counter() - started) / 60, 2),
                    "train_neg_elbo_last_epoch_nats": round(history.last("train", "neg_elbo"), 3)}
 
 
-def evaluate_one(args: argparse.Namespace, model: PlanarVAE, x_test: torch.Tensor, device: torch.device
-                 ) -> dict[str, object]:
-    """Test -ELBO on ``x_test`` and -L_k on its first ``--eval-limit`` images, in nats."""
+def evaluate_one(args: argparse.Namespace, model: PlanarVAE, x_test: torch.Tensor, device: torch.device,
+                 run: Path | None = None) -> dict[str, object]:
+    """Test -ELBO on ``x_test`` and -L_k on its first ``--eval-limit`` images, in nats, with the standard error
+    of the -L_k mean; the -L_k of every image goes to ``run/test_nll_L<k>.json`` for paired comparisons."""
     elbo = lambda m, b: negative_elbo(m, b[0])  # noqa: E731  (analytic KL for K = 0, Monte Carlo for K > 0)
     test = TensorBatches(x_test.to(device), batch_size=1000, shuffle=False)
     row: dict[str, object] = {"test_neg_elbo_nats": round(evaluate(model, elbo, test, device, seed=123)["loss"], 3),
@@ -123,11 +186,38 @@ def evaluate_one(args: argparse.Namespace, model: PlanarVAE, x_test: torch.Tenso
         subset_batches = TensorBatches(subset.to(device), batch_size=1000, shuffle=False)
         row["subset_neg_elbo_nats"] = round(evaluate(model, elbo, subset_batches, device, seed=123)["loss"], 3)
     started = time.perf_counter()
-    nll = importance_weighted_nll(model, subset, args.eval_k, args.eval_batch, args.chunk)
+    per_image = importance_weighted_nll_per_example(model, subset, args.eval_k, args.eval_batch, args.chunk)
+    nll = float(per_image.mean())
     assert math.isfinite(nll)
-    row.update({f"test_nll_L{args.eval_k}_nats": round(nll, 3), "eval_images": len(subset),
+    row.update({f"test_nll_L{args.eval_k}_nats": round(nll, 3),
+                f"test_nll_L{args.eval_k}_standard_error": round(float(per_image.std() / math.sqrt(len(per_image))), 3)
+                if len(per_image) > 1 else None,
+                "eval_images": len(subset),
                 "eval_minutes": round((time.perf_counter() - started) / 60, 2), "eval_device": str(device)})
+    if run is not None:
+        (run / f"test_nll_L{args.eval_k}.json").write_text(json.dumps([round(v, 4) for v in per_image.tolist()]))
     return row
+
+
+def paired_differences(out: Path, rows: list[dict[str, object]], eval_k: int) -> dict[str, dict[str, float]]:
+    """-L_k of each K > 0 minus that of the first row (K = 0), image by image on the same test images: the mean
+    difference and its standard error (far smaller than either row's own, which the spread of images dominates)."""
+    values = {}
+    for row in rows:
+        path = out / f"K{row['K']}" / f"test_nll_L{eval_k}.json"
+        if path.exists():
+            values[int(row["K"])] = torch.tensor(json.loads(path.read_text()), dtype=torch.float64)
+    base = int(rows[0]["K"])
+    if base not in values:
+        return {}
+    differences = {}
+    for k, v in values.items():
+        if k == base or len(v) != len(values[base]) or len(v) < 2:
+            continue
+        d = v - values[base]
+        differences[f"K{k}-K{base}"] = {"mean_nats": round(float(d.mean()), 3),
+                                        "standard_error": round(float(d.std() / math.sqrt(len(d))), 3)}
+    return differences
 
 
 def figure(rows: list[dict[str, object]], eval_k: int) -> Figure:
@@ -170,6 +260,51 @@ def table(rows: list[dict[str, object]], eval_k: int) -> str:
     return "\n".join([*text, f"Rezende & Mohamed 2015 Table 2 (nats, bounds; K=0 is the diagonal DLGM): {paper_row}"])
 
 
+def _result(args: argparse.Namespace, rows: list[dict[str, object]], wall_minutes: float, train_images: int,
+            device: torch.device) -> dict[str, object]:
+    plan_path = args.out / "plan.json"
+    return {
+        "benchmark": "vae_planar_nll",
+        "model": f"PlanarVAE(784, {[*args.hidden, 2 * args.latent]}, bernoulli, {args.activation}, flow_length=K)",
+        "data": "dynamically binarized MNIST (train); test binarized once, seed 123",
+        "budget_minutes_per_K": args.minutes, "train_images": train_images, "train_device": str(device),
+        "budget_plan": json.loads(plan_path.read_text()) if plan_path.exists() else None,
+        "wall_minutes": wall_minutes, "rows": rows,
+        f"paired_L{args.eval_k}_differences": paired_differences(args.out, rows, args.eval_k),
+        "paper_table2_nats": PAPER_TABLE2,
+        "paper_note": "Rezende & Mohamed (2015) Table 2, variational bounds on -ln p(x); commonly quoted values, "
+                      "K = 80 checked against one independent secondary source, the others unverified",
+        "command": " ".join(sys.argv),
+    }
+
+
+def _write_result(args: argparse.Namespace, result: dict[str, object]) -> None:
+    rows = result["rows"]
+    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    plots.save_figure(figure(rows, args.eval_k), args.out / "bound_vs_flow_length.png")
+    print(table(rows, args.eval_k))
+    for name, difference in result[f"paired_L{args.eval_k}_differences"].items():
+        print(f"paired -L_{args.eval_k} difference {name}: {difference['mean_nats']:+.3f} "
+              f"+- {difference['standard_error']:.3f} nats (same images)")
+    print(f"wall time {result['wall_minutes']} min; wrote {args.out / 'result.json'} and "
+          f"{args.out / 'bound_vs_flow_length.png'}")
+
+
+def report(args: argparse.Namespace) -> None:
+    """One result from the ``K<k>/row.json`` that separate runs of ``--flows`` wrote to ``--out``."""
+    missing = [k for k in args.flows if not (args.out / f"K{k}" / "row.json").exists()]
+    if missing:
+        raise SystemExit(f"no row for K = {', '.join(map(str, missing))} in {args.out}: train those first (one "
+                         f"run per K, same --out), or leave them out of --flows")
+    rows = [json.loads((args.out / f"K{k}" / "row.json").read_text()) for k in args.flows]
+    keys = {f"test_nll_L{args.eval_k}_nats" in row and row["eval_images"] for row in rows}
+    if len(keys) != 1 or False in keys:
+        raise SystemExit(f"the rows do not share one evaluation (-L_{args.eval_k} on the same images): "
+                         f"{[(row['K'], row.get('eval_images')) for row in rows]}; evaluate them alike")
+    wall = round(sum(float(row["train_minutes"]) + float(row["eval_minutes"]) for row in rows), 2)
+    _write_result(args, _result(args, rows, wall, int(rows[0]["train_images"]), torch.device(rows[0]["eval_device"])))
+
+
 def main() -> None:
     args = _parser().parse_args()
     if args.smoke:
@@ -177,12 +312,18 @@ def main() -> None:
             setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.report:
+        report(args)
+        return
     device = resolve_device(args.device)
     x_train, _, transform = mnist_tensors("train", view="dynamic", seed=args.seed, limit=args.train_limit or None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.plan:
+        plan(args, x_train, transform, device)
+        return
     x_test, _, _ = mnist_tensors("test", view="static", seed=123)
     if args.test_limit:
         x_test = x_test[: args.test_limit]
-    args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows = []
     for flow_length in args.flows:
@@ -199,26 +340,12 @@ def main() -> None:
                      "train_neg_elbo_last_epoch_nats": round(records[-1]["train"]["neg_elbo"], 3)}
         else:
             model, facts = train_one(args, flow_length, x_train, transform, device, run)
-        row = {"K": flow_length, "parameters": count_parameters(model), **facts,
-               **evaluate_one(args, model, x_test, device)}
+        row = {"K": flow_length, "parameters": count_parameters(model), **facts, "train_images": len(x_train),
+               "threads": torch.get_num_threads(), **evaluate_one(args, model, x_test, device, run)}
         rows.append(row)
+        (run / "row.json").write_text(json.dumps(row, indent=2) + "\n")
         print(json.dumps(row), flush=True)
-    result = {
-        "benchmark": "vae_planar_nll",
-        "model": f"PlanarVAE(784, {[*args.hidden, 2 * args.latent]}, bernoulli, {args.activation}, flow_length=K)",
-        "data": "dynamically binarized MNIST (train); test binarized once, seed 123",
-        "budget_minutes_per_K": args.minutes, "train_images": len(x_train), "train_device": str(device),
-        "train_threads": torch.get_num_threads(), "wall_minutes": round((time.perf_counter() - started) / 60, 2),
-        "rows": rows, "paper_table2_nats": PAPER_TABLE2,
-        "paper_note": "Rezende & Mohamed (2015) Table 2, variational bounds on -ln p(x); commonly quoted values, "
-                      "K = 80 checked against one independent secondary source, the others unverified",
-        "command": " ".join(sys.argv),
-    }
-    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    plots.save_figure(figure(rows, args.eval_k), args.out / "bound_vs_flow_length.png")
-    print(table(rows, args.eval_k))
-    print(f"wall time {result['wall_minutes']} min; wrote {args.out / 'result.json'} and "
-          f"{args.out / 'bound_vs_flow_length.png'}")
+    _write_result(args, _result(args, rows, round((time.perf_counter() - started) / 60, 2), len(x_train), device))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,44 @@ def test_planar_vae_benchmark_smoke_run_writes_its_table_result_and_figure(tmp_p
 
 
 @pytest.mark.slow
+def test_planar_vae_benchmark_plans_the_budget_once_trains_rows_apart_and_reports_them_together(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "vae_planar_nll.py")]
+    tiny = ["--minutes", "0.01", "--train-limit", "512", "--test-limit", "100", "--eval-k", "4", "--eval-limit", "50",
+            "--hidden", "32", "32", "--latent", "4", "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
+
+    def run(*extra):
+        return subprocess.run([*script, *extra, *tiny], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    assert run("--plan", "--flows", "0,2").returncode == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert set(plan["epochs"]) == {"0", "2"} and min(plan["epochs"].values()) >= 1 and plan["threads"] == 1
+    again = run("--plan", "--flows", "0,2")  # a plan is not replaced without --overwrite
+    assert again.returncode != 0 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    early = run("--report", "--flows", "0,2")
+    assert early.returncode != 0 and "no row for K = 0, 2" in early.stderr and "Traceback" not in early.stderr
+    for k in (0, 2):
+        done = run("--flows", str(k))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"training {plan['epochs'][str(k)]} epochs (from plan.json, no time limit)" in done.stdout
+    other_budget = subprocess.run([*script, "--flows", "2", *tiny, "--minutes", "1"], capture_output=True, text=True,
+                                  timeout=300, cwd=ROOT)
+    assert other_budget.returncode != 0 and "plans 0.01 min" in other_budget.stderr
+    reported = run("--report", "--flows", "0,2")
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    rows = {row["K"]: row for row in result["rows"]}
+    assert all(rows[k]["epochs"] == plan["epochs"][str(k)] and rows[k]["budget_from_plan"] for k in (0, 2))
+    # the paired difference is the mean of the per-image differences that the two runs stored
+    per_image = {k: json.loads((tmp_path / f"K{k}" / "test_nll_L4.json").read_text()) for k in (0, 2)}
+    assert len(per_image[0]) == 50
+    assert math.fsum(per_image[0]) / 50 == pytest.approx(rows[0]["test_nll_L4_nats"], abs=2e-3)
+    mean_difference = math.fsum(b - a for a, b in zip(per_image[0], per_image[2], strict=True)) / 50
+    assert result["paired_L4_differences"]["K2-K0"]["mean_nats"] == pytest.approx(mean_difference, abs=2e-3)
+    assert "paired -L_4 difference K2-K0" in reported.stdout
+    assert result["budget_plan"]["epochs"] == plan["epochs"]
+
+
+@pytest.mark.slow
 def test_glow_benchmark_smoke_run_reports_the_full_accounting_and_figures(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "flow_mnist_bpd.py"), "--minutes", "0.05",
                "--train-limit", "256", "--eval-limit", "64", "--levels", "2", "--steps", "1", "--hidden", "8",

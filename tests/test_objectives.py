@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
+from dgmlab.evaluate import importance_weighted_nll, importance_weighted_nll_per_example
 from dgmlab.objectives import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
@@ -208,6 +209,32 @@ def test_importance_weighted_bound_chunking_is_exact(xs):
     torch.testing.assert_close(one, chunks)
     with pytest.raises(ValueError, match="num_samples"):
         importance_weighted_bound(model, xs, num_samples=0)
+
+
+def test_importance_weighted_nll_per_example_bounds_each_row_and_averages_to_the_mean(xs):
+    model = LinearGaussian()
+    torch.manual_seed(1)
+    before = torch.rand(1)
+    torch.manual_seed(1)
+    per_example = importance_weighted_nll_per_example(model, xs, num_samples=2000, batch_size=4, chunk_size=300)
+    assert torch.rand(1) == before  # the caller's stream is untouched (forked RNG)
+    assert per_example.shape == (len(xs),) and per_example.dtype == torch.float64
+    # row i is -L_k of x_i from importance_weighted_bound, batch by batch under the seed
+    torch.manual_seed(123)
+    reference = torch.cat([-importance_weighted_bound(model, xs[i:i + 4], num_samples=2000, chunk_size=300)
+                           for i in range(0, len(xs), 4)])
+    torch.testing.assert_close(per_example, reference.double())
+    # with the exact posterior every row is its own -log p(x) (orthogonal columns of W: a diagonal posterior)
+    exact = LinearGaussian(exact_posterior=True)
+    q, _ = torch.linalg.qr(torch.randn(4, 2, generator=torch.Generator().manual_seed(3)))
+    exact.W = q * torch.tensor([1.5, 0.7])
+    torch.testing.assert_close(importance_weighted_nll_per_example(exact, xs, num_samples=5, batch_size=4),
+                               -exact.log_px(xs).double())
+    # the mean is importance_weighted_nll with the same draws; a different seed gives different draws
+    assert importance_weighted_nll(model, xs, num_samples=2000, batch_size=4, chunk_size=300) == pytest.approx(
+        float(per_example.mean()), abs=1e-12)
+    other = importance_weighted_nll_per_example(model, xs, num_samples=2000, batch_size=4, chunk_size=300, seed=9)
+    assert not torch.equal(other, per_example)
 
 
 def test_pset_objective_equals_the_problem_sets_formula():

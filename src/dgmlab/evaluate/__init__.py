@@ -6,7 +6,8 @@ bits/dim term by term, samples at a temperature, interpolation in the base space
 :func:`dgmlab.train.evaluate` gives the mean of every term of an objective on a split."""
 
 from dgmlab.evaluate.flows import flow_nll_accounting, interpolate_in_base, temperature_samples
-from dgmlab.evaluate.likelihood import check_images, importance_weighted_nll, mean_nll_per_dimension, mean_pixel_nll
+from dgmlab.evaluate.likelihood import (check_images, importance_weighted_nll, importance_weighted_nll_per_example,
+                                       mean_nll_per_dimension, mean_pixel_nll)
 from dgmlab.evaluate.point_clouds import (
     METRIC_UNITS,
     chamfer_distance,
@@ -24,6 +25,7 @@ __all__ = [
     "complete_images",
     "flow_nll_accounting",
     "importance_weighted_nll",
+    "importance_weighted_nll_per_example",
     "interpolate_in_base",
     "mean_nll_per_dimension",
     "mean_pixel_nll",

@@ -19,7 +19,8 @@ from dgmlab.models.protocols import LatentVariableModel, PerDimensionDensity
 from dgmlab.objectives import importance_weighted_bound
 from dgmlab.utils import check_int, device_of, eval_mode
 
-__all__ = ["check_images", "importance_weighted_nll", "mean_nll_per_dimension", "mean_pixel_nll"]
+__all__ = ["check_images", "importance_weighted_nll", "importance_weighted_nll_per_example", "mean_nll_per_dimension",
+           "mean_pixel_nll"]
 
 
 @torch.no_grad()
@@ -27,20 +28,30 @@ def importance_weighted_nll(model: LatentVariableModel, x: Tensor, num_samples: 
                             chunk_size: int = 500, seed: int = 123) -> float:
     r"""Mean of :math:`-\mathcal L_k(x)` over the rows of ``x``, in nats: the usual NLL estimate of a VAE.
 
+    The mean of :func:`importance_weighted_nll_per_example` (same arguments, same draws)."""
+    return float(importance_weighted_nll_per_example(model, x, num_samples, batch_size, chunk_size, seed).mean())
+
+
+@torch.no_grad()
+def importance_weighted_nll_per_example(model: LatentVariableModel, x: Tensor, num_samples: int = 5000,
+                                        batch_size: int = 100, chunk_size: int = 500, seed: int = 123) -> Tensor:
+    r""":math:`-\mathcal L_k(x)` of every row of ``x``, in nats, as a float64 tensor ``[len(x)]`` on the CPU
+    (their spread gives the standard error of the mean, and two models on the same rows a paired difference).
+
     Batches of ``batch_size`` examples go through :func:`dgmlab.objectives.importance_weighted_bound` with
     ``k = num_samples``; sampling uses a forked RNG seeded with ``seed``, so the caller's stream is untouched.
     """
     check_int(num_samples, "num_samples", minimum=1, owner="importance_weighted_nll")
     check_int(batch_size, "batch_size", minimum=1, owner="importance_weighted_nll")
     device = device_of(model)
-    total = 0.0
+    values = []
     with eval_mode(model), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size].to(device)
             bound = importance_weighted_bound(model, batch, num_samples=num_samples, chunk_size=chunk_size)
-            total += float(-bound.double().sum())
-    return total / len(x)
+            values.append(-bound.detach().double().cpu())
+    return torch.cat(values)
 
 
 def check_images(x: Any) -> Tensor:
