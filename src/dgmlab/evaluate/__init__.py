@@ -6,15 +6,20 @@ bits/dim term by term, samples at a temperature, interpolation in the base space
 :func:`dgmlab.train.evaluate` gives the mean of every term of an objective on a split."""
 
 from dgmlab.evaluate.flows import flow_nll_accounting, interpolate_in_base, temperature_samples
-from dgmlab.evaluate.likelihood import (check_images, importance_weighted_nll, importance_weighted_nll_per_example,
-                                       mean_nll_per_dimension, mean_pixel_nll)
+from dgmlab.evaluate.likelihood import (
+                                       check_images,
+                                       importance_weighted_nll,
+                                       importance_weighted_nll_per_example,
+                                       mean_nll_per_dimension,
+                                       mean_pixel_nll,
+)
 from dgmlab.evaluate.point_clouds import (
-    METRIC_UNITS,
-    chamfer_distance,
-    nearest_neighbour_distances,
-    oracle_metrics,
-    point_cloud_metrics,
-    surface_distance,
+                                       METRIC_UNITS,
+                                       chamfer_distance,
+                                       nearest_neighbour_distances,
+                                       oracle_metrics,
+                                       point_cloud_metrics,
+                                       surface_distance,
 )
 from dgmlab.evaluate.samples import complete_images, samples_per_class
 
