@@ -137,3 +137,20 @@ def test_normflows_side_by_side_smoke_run_times_and_evaluates_both(tmp_path):
     for name in ("dgmlab", "normflows"):
         assert result[name]["train_steps"] >= 1 and result[name]["train_seconds"] >= 0.02 * 60 * 0.9
         assert 0 < result[name]["test_bits_per_dim"] < 9
+
+
+@pytest.mark.slow
+def test_gmm_em_benchmark_smoke_run_matches_scikit_learn_and_writes_its_result(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "gmm.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gmm_em_speed.py"), "--smoke", "--threads", "1",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["seconds_per_iteration"]) == {"sklearn", "dgmlab_float64", "dgmlab_float32"}
+    # the same start and the same iterations: float64 lands where scikit-learn does, float32 close to it
+    assert abs(result["log_likelihood_difference_from_sklearn"]["dgmlab_float64"]) < 1e-6
+    assert abs(result["log_likelihood_difference_from_sklearn"]["dgmlab_float32"]) < 0.05
+    assert result["mean_log_likelihood_nats"]["sklearn"] > 0  # a density on [0, 1] grey levels, above 1 per patch
+    assert "x scikit-learn's speed" in done.stdout

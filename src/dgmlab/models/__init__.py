@@ -15,6 +15,7 @@ from dgmlab.models.autoencoders import AE, VAE, AEOutput, VAEOutput
 from dgmlab.models.autoregressive import FVSBN, MADE, NADE, BengioNet, all_binary_configurations
 from dgmlab.models.flow_vae import PlanarVAE
 from dgmlab.models.flows import Glow
+from dgmlab.models.mixtures import GaussianMixture, em_fit, kmeans
 from dgmlab.models.pixelcnn import GatedPixelCNN, MaskedConv2d, PixelCNN, receptive_field
 from dgmlab.models.point_vae import POINT_DECODERS, PointVAE, PositionalEncoding3D
 from dgmlab.models.protocols import (
@@ -101,3 +102,4 @@ __all__ += ["POINT_DECODERS", "PointVAE", "PositionalEncoding3D", "INPUT_DIM_ARG
 __all__ += ["FVSBN", "BengioNet", "NADE", "MADE", "all_binary_configurations"]
 __all__ += ["PixelCNN", "GatedPixelCNN", "MaskedConv2d", "receptive_field"]
 __all__ += ["FlowPosterior", "PlanarVAE"]
+__all__ += ["GaussianMixture", "em_fit", "kmeans"]  # fitted by EM (dgmlab.models.mixtures), not by the trainer
