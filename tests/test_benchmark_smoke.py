@@ -154,3 +154,22 @@ def test_gmm_em_benchmark_smoke_run_matches_scikit_learn_and_writes_its_result(t
     assert abs(result["log_likelihood_difference_from_sklearn"]["dgmlab_float32"]) < 0.05
     assert result["mean_log_likelihood_nats"]["sklearn"] > 0  # a density on [0, 1] grey levels, above 1 per patch
     assert "x scikit-learn's speed" in done.stdout
+
+
+@pytest.mark.slow
+def test_patch_prior_benchmark_smoke_run_writes_its_table_mixtures_and_figures(tmp_path):
+    from safetensors.torch import load_file
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "patch_prior_gmm.py"), "--smoke", "--threads", "1",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {row["K"]: row for row in json.loads((tmp_path / "result.json").read_text())["rows"]}
+    assert set(rows) == {1, 4}
+    assert rows[1]["iterations"] <= 2  # one Gaussian: EM's first step is the maximum-likelihood fit
+    # more components fit the training patches better, from the same seeds
+    assert rows[4]["train_log_likelihood_nats"] > rows[1]["train_log_likelihood_nats"]
+    saved = load_file(tmp_path / "gmm_K4.safetensors")
+    assert saved["covariances"].shape == (4, 64, 64) and float(saved["weights"].sum()) == pytest.approx(1.0)
+    for figure in ("log_likelihood_against_K.png", "eigenvectors_K4.png"):
+        assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"

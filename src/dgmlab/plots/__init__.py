@@ -4,7 +4,8 @@ The figures are grouped by subject: :mod:`~dgmlab.plots.images` (reconstructions
 interpolations, completions), :mod:`~dgmlab.plots.latents` (latent scatters and the decoded 2-D latent
 grid), :mod:`~dgmlab.plots.curves` (training curves, Monte-Carlo convergence),
 :mod:`~dgmlab.plots.point_clouds` (3-D point clouds), :mod:`~dgmlab.plots.density` (receptive fields and
-per-pixel likelihoods of density models, grids of 2-D densities) and :mod:`~dgmlab.plots.saving`; the
+per-pixel likelihoods of density models, grids of 2-D densities), :mod:`~dgmlab.plots.image_priors`
+(eigenvectors of a patch mixture, likelihood against its size) and :mod:`~dgmlab.plots.saving`; the
 computations they rely on
 (PCA, power-law fits) are in :mod:`dgmlab.numerics`, and the HTML of interactive views in
 :mod:`~dgmlab.plots.templates`. Every figure is importable from here: ``from dgmlab import plots;
@@ -28,6 +29,7 @@ from dgmlab.numerics import fit_power_law, principal_components
 from dgmlab.plots._common import IMAGE_COLORMAP as IMAGE_COLORMAP
 from dgmlab.plots.curves import kl_estimator_convergence, loss_curves
 from dgmlab.plots.density import density_grid, pixel_nll_heatmap, receptive_field_map
+from dgmlab.plots.image_priors import mixture_eigenvectors, patch_log_likelihood_against_components
 from dgmlab.plots.images import completions, image_grid, interpolation, reconstructions
 from dgmlab.plots.latents import latent_grid_points, latent_manifold, latent_scatter, latent_vs_angles
 from dgmlab.plots.point_clouds import equal_axis_limits, point_cloud_3d, point_cloud_overlay
@@ -35,6 +37,8 @@ from dgmlab.plots.saving import save_figure
 
 __all__ = [
     "density_grid",
+    "mixture_eigenvectors",
+    "patch_log_likelihood_against_components",
     "completions",
     "equal_axis_limits",
     "fit_power_law",
