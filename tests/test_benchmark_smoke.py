@@ -173,3 +173,23 @@ def test_patch_prior_benchmark_smoke_run_writes_its_table_mixtures_and_figures(t
     assert saved["covariances"].shape == (4, 64, 64) and float(saved["weights"].sum()) == pytest.approx(1.0)
     for figure in ("log_likelihood_against_K.png", "eigenvectors_K4.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_denoising_benchmark_smoke_run_tunes_baselines_on_training_images_and_reports_psnr(tmp_path):
+    pytest.importorskip("skimage")
+    command = [sys.executable, str(ROOT / "benchmarks" / "denoise_epll.py"), "--smoke", "--threads", "1",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    (row,) = result["rows"]
+    assert row["image"] == "camera" and row["sigma"] == 25 and row["shape"] == [48, 48]
+    # every method beats the noisy input; the baselines' parameters come from a training photograph
+    for method in ("epll", "gaussian", "tv"):
+        assert row[f"{method}_psnr_db"] > row["noisy_psnr_db"] + 3.0
+    assert result["tuned_on"].startswith("astronaut") and set(result["tuned_parameters"]["25"]) == {"gaussian", "tv"}
+    assert (tmp_path / "denoised_sigma25.png").read_bytes()[:4] == b"\x89PNG"
+    unknown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "denoise_epll.py"), "--methods", "epll,magic"],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert unknown.returncode != 0 and "unknown methods ['magic']" in unknown.stderr
