@@ -2,7 +2,9 @@
 
 Modules: :mod:`~dgmlab.data.mnist` (verified loading of MNIST), :mod:`~dgmlab.data.views` (grey levels,
 binarizations and uniform dequantization of 8-bit images), :mod:`~dgmlab.data.torus` (problem set 1's torus
-sampler) and :mod:`~dgmlab.data.loaders` (:class:`TensorBatches`).
+sampler), :mod:`~dgmlab.data.images` (natural photographs from inside the scikit-image wheel, and their patches),
+:mod:`~dgmlab.data.dead_leaves` (synthetic dead-leaves images, power spectra) and :mod:`~dgmlab.data.loaders`
+(:class:`TensorBatches`).
 """
 
 from dgmlab.data.loaders import TensorBatches
