@@ -1,6 +1,7 @@
 """Zoran & Weiss's patch prior: Gaussian mixtures on mean-removed 8x8 patches, test log-likelihood against K.
 
     .venv/bin/python benchmarks/patch_prior_gmm.py                  # K = 1, 10, 50, 200 on 100,000 patches
+    .venv/bin/python benchmarks/patch_prior_gmm.py --source dead_leaves --out runs/patch_prior_leaves
     .venv/bin/python benchmarks/patch_prior_gmm.py --smoke          # the script end to end in seconds
 
 For each K a mixture is fitted by EM (dgmlab.models.mixtures; k-means++ seeds, nearest-seed assignment, one
@@ -11,7 +12,12 @@ K = 1 is one Gaussian (EM converges in one step). The patches have their mean re
 63-dimensional subspace; the ridge ``--reg-covar`` on every covariance gives the remaining direction a fixed
 variance, which adds the same constant to every K's log-likelihood.
 
-Writes to ``--out``: ``result.json`` (the table), ``log_likelihood_against_K.png``, ``eigenvectors_K<k>.png``
+With ``--source dead_leaves`` the mixtures learn from ``--leaves-images`` synthetic dead-leaves images
+(dgmlab.data.dead_leaves, 256 x 256) instead, and are still tested on the natural test patches (Zoran & Weiss
+2012: are they as good a model of natural patches?).
+
+Writes to ``--out``: ``power_spectra.png`` (the training images' and test photographs' spectra with their
+fitted slopes), ``result.json`` (the table), ``log_likelihood_against_K.png``, ``eigenvectors_K<k>.png``
 for the largest K (the leading eigenvectors of its heaviest components, Zoran & Weiss 2011, Figure 5) and each
 mixture as ``gmm_K<k>.safetensors`` (weights, means, covariances).
 
@@ -27,13 +33,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
 from dgmlab import plots
 from dgmlab.checkpoint import atomic_write_bytes
+from dgmlab.data.dead_leaves import dead_leaves, power_spectrum
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, photographs, random_patches
 from dgmlab.models.mixtures import em_fit, kmeans_plus_plus, mixture_from_assignments
+from dgmlab.numerics import fit_power_law
 
 SMOKE = {"patches": 3000, "test_patches": 1000, "components": [1, 4], "max_iter": 3}
 
@@ -52,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--components", type=_components, default=[1, 10, 50, 200], help="K values, e.g. 1,10,50,200")
     parser.add_argument("--patches", type=int, default=100_000, help="training patches")
+    parser.add_argument("--source", choices=["photographs", "dead_leaves"], default="photographs",
+                        help="where the training patches come from")
+    parser.add_argument("--leaves-images", type=int, default=8, help="dead-leaves images for --source dead_leaves")
     parser.add_argument("--test-patches", type=int, default=50_000)
     parser.add_argument("--size", type=int, default=8, help="patch side")
     parser.add_argument("--max-iter", type=int, default=100)
@@ -73,9 +85,22 @@ def main() -> None:
             setattr(args, key, value)
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
-    train = random_patches(photographs("train"), args.patches, args.size, generator=generator)
-    test = random_patches(photographs("test"), args.test_patches, args.size, generator=generator)
+    if args.source == "dead_leaves":
+        sources = {f"dead leaves {i}": dead_leaves(256, generator=generator) for i in range(args.leaves_images)}
+    else:
+        sources = photographs("train")
+    tests = photographs("test")
+    train = random_patches(sources, args.patches, args.size, generator=generator)
+    test = random_patches(tests, args.test_patches, args.size, generator=generator)
     args.out.mkdir(parents=True, exist_ok=True)
+    spectra = {}
+    for label, images in (("training: " + args.source.replace("_", " "), sources), ("test photographs", tests)):
+        measured = [power_spectrum(image[:256, :256]) for image in images.values()]
+        frequency, power = measured[0][0], np.mean([m[1] for m in measured], axis=0)
+        keep = (frequency >= 0.01) & (frequency <= 0.25)
+        spectra[label] = (frequency, power, fit_power_law(frequency[keep], power[keep])[0])
+    plots.save_figure(plots.power_spectra([(label, *values) for label, values in spectra.items()]),
+                      args.out / "power_spectra.png")
     rows, mixtures = [], {}
     for k in args.components:
         started = time.perf_counter()
@@ -98,8 +123,10 @@ def main() -> None:
     result = {
         "benchmark": "patch_prior_gmm",
         "data": f"mean-removed {args.size}x{args.size} patches, grey levels in [0, 1]: {args.patches} from the "
-                f"training photographs ({', '.join(TRAIN_PHOTOGRAPHS)}), {args.test_patches} from the test "
-                f"photographs ({', '.join(TEST_PHOTOGRAPHS)})",
+                + (f"training photographs ({', '.join(TRAIN_PHOTOGRAPHS)})" if args.source == "photographs" else
+                   f"{args.leaves_images} dead-leaves images (256 x 256)")
+                + f", {args.test_patches} from the test photographs ({', '.join(TEST_PHOTOGRAPHS)})",
+        "spectrum_slopes": {label: round(values[2], 3) for label, values in spectra.items()},
         "reg_covar": args.reg_covar, "tol": args.tol, "max_iter": args.max_iter, "threads": args.threads,
         "compute_dtype": "float32" if args.float32 else "float64", "rows": rows, "command": " ".join(sys.argv),
     }

@@ -171,7 +171,7 @@ def test_patch_prior_benchmark_smoke_run_writes_its_table_mixtures_and_figures(t
     assert rows[4]["train_log_likelihood_nats"] > rows[1]["train_log_likelihood_nats"]
     saved = load_file(tmp_path / "gmm_K4.safetensors")
     assert saved["covariances"].shape == (4, 64, 64) and float(saved["weights"].sum()) == pytest.approx(1.0)
-    for figure in ("log_likelihood_against_K.png", "eigenvectors_K4.png"):
+    for figure in ("log_likelihood_against_K.png", "eigenvectors_K4.png", "power_spectra.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -37,3 +37,13 @@ def test_bad_shapes_are_refused():
         plots.mixture_eigenvectors(torch.ones(3), torch.eye(4).expand(2, 4, 4))
     with pytest.raises(ValueError, match="one train and one test value per K"):
         plots.patch_log_likelihood_against_components([1, 2], [1.0], [1.0, 2.0])
+
+
+def test_power_spectra_put_the_fitted_slope_in_the_legend_beside_a_slope_minus_two_line():
+    f = np.array([0.01, 0.1, 0.5])
+    figure = plots.power_spectra([("leaves", f, f**-2.0, -2.0), ("photos", f, f**-3.0, -3.0)])
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["leaves (slope -2.00)", "photos (slope -3.00)", "slope -2"]
+    assert figure.axes[0].get_xscale() == "log"
+    with pytest.raises(ValueError, match="no spectra"):
+        plots.power_spectra([])

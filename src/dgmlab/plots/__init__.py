@@ -29,7 +29,7 @@ from dgmlab.numerics import fit_power_law, principal_components
 from dgmlab.plots._common import IMAGE_COLORMAP as IMAGE_COLORMAP
 from dgmlab.plots.curves import kl_estimator_convergence, loss_curves
 from dgmlab.plots.density import density_grid, pixel_nll_heatmap, receptive_field_map
-from dgmlab.plots.image_priors import mixture_eigenvectors, patch_log_likelihood_against_components
+from dgmlab.plots.image_priors import mixture_eigenvectors, patch_log_likelihood_against_components, power_spectra
 from dgmlab.plots.images import completions, image_grid, interpolation, reconstructions
 from dgmlab.plots.latents import latent_grid_points, latent_manifold, latent_scatter, latent_vs_angles
 from dgmlab.plots.point_clouds import equal_axis_limits, point_cloud_3d, point_cloud_overlay
@@ -39,6 +39,7 @@ __all__ = [
     "density_grid",
     "mixture_eigenvectors",
     "patch_log_likelihood_against_components",
+    "power_spectra",
     "completions",
     "equal_axis_limits",
     "fit_power_law",

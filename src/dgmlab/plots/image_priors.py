@@ -1,5 +1,5 @@
-"""Figures of patch priors: the leading eigenvectors of a Gaussian mixture's heaviest components, and the
-test log-likelihood of patches against the number of components."""
+"""Figures of patch priors: the leading eigenvectors of a Gaussian mixture's heaviest components, the test
+log-likelihood of patches against the number of components, and power spectra of images."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from dgmlab.numerics import ArrayLike, as_float_array
 from dgmlab.plots._common import new_figure
 
-__all__ = ["mixture_eigenvectors", "patch_log_likelihood_against_components"]
+__all__ = ["mixture_eigenvectors", "patch_log_likelihood_against_components", "power_spectra"]
 
 
 def mixture_eigenvectors(weights: ArrayLike, covariances: ArrayLike, components: int = 8, vectors: int = 8,
@@ -71,4 +71,25 @@ def patch_log_likelihood_against_components(num_components: Sequence[int], train
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return figure
+
+
+def power_spectra(spectra: Sequence[tuple[str, ArrayLike, ArrayLike, float]],
+                  title: str = "Radially averaged power spectra") -> Figure:
+    """Power against spatial frequency on log-log axes, one line per ``(label, frequency, power, slope)``; the
+    fitted slope is in the legend, with a reference line of slope -2 (a scale-invariant image)."""
+    if not spectra:
+        raise ValueError("power_spectra: no spectra given")
+    figure = new_figure(5.2, 3.8)
+    ax = figure.add_subplot()
+    for label, frequency, power, slope in spectra:
+        f, p = as_float_array(frequency, "frequency"), as_float_array(power, "power")
+        ax.loglog(f, p / p[0], label=f"{label} (slope {slope:.2f})")
+    f = as_float_array(spectra[0][1], "frequency")
+    ax.loglog(f, (f / f[0]) ** -2.0, "k--", linewidth=1, label="slope -2")
+    ax.set_xlabel("spatial frequency (cycles per pixel)")
+    ax.set_ylabel("power, relative to the lowest frequency")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     return figure
