@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -171,10 +172,11 @@ def main() -> None:
         print(f"{sigma:>5s}  " + "  ".join(f"{values[m]:9.2f}" for m in args.methods))
     if shown:
         names = list(shown)
-        figure = plots.image_grid(torch.stack([shown[n].float() for n in names]), nrow=len(names),
-                                  title="sigma = 25: " + ", ".join(
-                                      n if n in ("clean", "noisy") else f"{n} {psnr(shown[n], shown['clean']):.2f} dB"
-                                      for n in names))
+        labels = [n if n in ("clean", "noisy") else f"{n} {psnr(shown[n], shown['clean']):.2f} dB" for n in names]
+        columns = math.ceil(math.sqrt(len(names)))
+        rows_text = [", ".join(labels[i:i + columns]) for i in range(0, len(labels), columns)]
+        figure = plots.image_grid(torch.stack([shown[n].float() for n in names]), nrow=columns,
+                                  title=f"{args.images[0]}, sigma = 25, row by row:\n" + "\n".join(rows_text))
         plots.save_figure(figure, args.out / "denoised_sigma25.png")
     print(f"wrote {args.out / 'result.json'}")
 
