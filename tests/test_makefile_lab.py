@@ -65,7 +65,7 @@ def project() -> dict:
 
 def test_make_lab_installs_the_extra_registers_the_kernel_then_opens_the_notebooks():
     lines = dry_run()
-    setup = index_of(lines, r"pip install .*-c constraints\.txt -e '\.\[dev,docs,bench\]'")
+    setup = index_of(lines, r"pip install .*-c constraints\.txt -e '\.\[dev,docs,bench,images\]'")
     install = index_of(lines, r"\.venv/bin/python -m pip install .*-c constraints\.txt -e '\.\[lab\]'")
     kernel = index_of(lines, r'\.venv/bin/python -m ipykernel install --sys-prefix --name dgmlab '
                              r'--display-name "dgmlab \(\.venv\)"')
