@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--tol", type=float, default=1e-3, help="stop when the mean log-likelihood changes less")
     parser.add_argument("--reg-covar", type=float, default=1e-6)
-    parser.add_argument("--float32", action="store_true", help="EM's products in float32 (about 1.2x faster)")
+    parser.add_argument("--float32", action="store_true", help="EM's products in float32 (faster, a little less exact)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/patch_prior"))

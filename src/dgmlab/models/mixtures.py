@@ -23,13 +23,14 @@ so the log-likelihood never decreases (exactly so for :math:`\epsilon = 0`; the 
 **k-means** is the limit :math:`\Sigma_k = \sigma^2 I`, :math:`\pi_k = 1/K`, :math:`\sigma \to 0`: the
 responsibilities become the one-hot nearest-centre assignment and the mean update becomes Lloyd's centroid.
 
-**Computation.** One pass over the data per iteration, in chunks of rows, never holding the :math:`N\times K`
-responsibilities: the E-step's Mahalanobis distances of a chunk to all K components are one matrix product
-:math:`X[U_1 \cdots U_K]` with the precision Cholesky factors :math:`U_k` (:math:`\Sigma_k^{-1} = U_kU_k^\top`),
-and the M-step's second moments :math:`\sum_n r_{nk}x_nx_n^\top` are one product of the responsibilities with
-the upper triangles of :math:`x_nx_n^\top` (half the work of the full outer products). The data are shifted by
-their mean first, so the second moments do not cancel; every statistic is in the mixture's dtype (float64 by
-default).
+**Computation.** EM makes one pass over the data per iteration, in chunks of rows, never holding the
+:math:`N\times K` responsibilities. Both steps are linear in a Gaussian's sufficient statistics
+:math:`\phi(x) = ((x_ix_j)_{i\le j}, x, 1)`: the E-step's :math:`\log\pi_k\mathcal N(x\mid\mu_k,\Sigma_k)` is
+:math:`W_k^\top\phi(x)` and the M-step needs only :math:`\sum_n r_{nk}\phi(x_n)`, so each is one matrix product
+per chunk (the upper triangle halves the work of full outer products). The data are shifted by their mean
+first, so the second moments do not cancel. :meth:`GaussianMixture.log_prob` evaluates the same densities in
+the Cholesky form :math:`\lVert(x - \mu_k)U_k\rVert^2` (:math:`\Sigma_k^{-1} = U_kU_k^\top`), which loses
+nothing to cancellation; the tests check that the two agree.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def em_step(mixture: GaussianMixture, x: Tensor, chunk_size: int = 2048, compute
     triangle of :math:`xx^\top`, :math:`x`, 1): the E-step's :math:`\log\pi_k\mathcal N(x\mid k) = \phi(x)^\top
     W_k` and the M-step's :math:`\sum_n r_{nk}\phi(x_n) = (N_k\,\mathrm E[xx^\top], N_k\mu_k, N_k)`.
     ``compute_dtype`` (default: the mixture's, float64) is the dtype of those products; the statistics are
-    summed over chunks in the mixture's dtype. float32 is about twice as fast and fits data whose components are
+    summed over chunks in the mixture's dtype. float32 is faster and fits data whose components are
     not far from the data's mean compared with their spread (mean-removed image patches); the second moments
     lose digits otherwise."""
     K, D = mixture.num_components, mixture.dim
@@ -298,7 +299,7 @@ def most_likely_component(mixture: GaussianMixture, x: Tensor, *, added_variance
     :math:`s` = ``added_variance`` (0: the point itself), as EPLL's patch step picks it.
 
     One product with the sufficient statistics per chunk, as :func:`em_step`; ``compute_dtype=torch.float32``
-    is about twice as fast and changes the choice only where two components explain a point almost equally."""
+    is faster and changes the choice only where two components explain a point almost equally."""
     x = _check_data(x, mixture.dim, "most_likely_component")
     if not (isinstance(added_variance, (int, float)) and added_variance >= 0):
         raise ValueError(f"most_likely_component: added_variance must be a number >= 0, got {added_variance!r}")
