@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, photograph, photographs, random_patches
-from dgmlab.models.mixtures import GaussianMixture, em_fit, kmeans_plus_plus, mixture_from_assignments
+from dgmlab.models.mixtures import GaussianMixture, em_fit, mixture_from_seeds
 from dgmlab.restoration import add_noise, epll, psnr
 
 SMOKE = {"sigmas": [25], "crop": 48, "images": ["camera"], "components": 4, "train_patches": 4000,
@@ -86,9 +86,7 @@ def load_prior(args: argparse.Namespace) -> tuple[GaussianMixture, str]:
         return mixture, str(args.prior)
     generator = torch.Generator().manual_seed(args.seed)
     patches = random_patches(photographs("train"), args.train_patches, 8, generator=generator)
-    seeds = patches[kmeans_plus_plus(patches, args.components, generator=generator)]
-    labels = torch.cat([torch.cdist(chunk, seeds).argmin(1) for chunk in patches.split(8192)])
-    mixture = mixture_from_assignments(patches, labels, args.components)
+    mixture = mixture_from_seeds(patches, args.components, generator=generator)
     history = em_fit(mixture, patches, max_iter=100, tol=1e-3, compute_dtype=torch.float32)
     return mixture, (f"fitted here: K = {args.components}, {args.train_patches} training patches, "
                      f"{history.iterations} EM iterations")

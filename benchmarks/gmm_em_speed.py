@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dgmlab.data.images import TRAIN_PHOTOGRAPHS, photographs, random_patches
-from dgmlab.models.mixtures import GaussianMixture, em_fit, kmeans_plus_plus, mixture_from_assignments
+from dgmlab.models.mixtures import GaussianMixture, em_fit, mixture_from_seeds
 
 SMOKE = {"patches": 2000, "components": 8, "iterations": 2, "repeats": 1}
 
@@ -44,13 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="tiny settings to check the script (" +
                         ", ".join(f"{k}={v}" for k, v in SMOKE.items()) + ")")
     return parser
-
-
-def start(x: torch.Tensor, components: int, seed: int, reg_covar: float) -> GaussianMixture:
-    """The common start: k-means++ seeds, nearest-seed assignment, one M-step."""
-    seeds = x[kmeans_plus_plus(x, components, generator=torch.Generator().manual_seed(seed))]
-    labels = torch.cat([torch.cdist(chunk, seeds).argmin(1) for chunk in x.split(8192)])
-    return mixture_from_assignments(x, labels, components, reg_covar=reg_covar)
 
 
 def run_dgmlab(x, initial, iterations, compute_dtype):
@@ -89,7 +82,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
     x = random_patches(photographs("train"), args.patches, args.size, generator=generator)
-    initial = start(x, args.components, args.seed, args.reg_covar)
+    initial = mixture_from_seeds(x, args.components, generator=torch.Generator().manual_seed(args.seed),
+                                 reg_covar=args.reg_covar)
     times: dict[str, list[float]] = {"dgmlab_float64": [], "dgmlab_float32": [], "sklearn": []}
     scores: dict[str, float] = {}
     for repeat in range(args.repeats):

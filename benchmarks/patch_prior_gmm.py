@@ -41,7 +41,7 @@ from dgmlab import plots
 from dgmlab.checkpoint import atomic_write_bytes
 from dgmlab.data.dead_leaves import dead_leaves, power_spectrum
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, photographs, random_patches
-from dgmlab.models.mixtures import em_fit, kmeans_plus_plus, mixture_from_assignments
+from dgmlab.models.mixtures import em_fit, mixture_from_seeds
 from dgmlab.numerics import fit_power_law
 
 SMOKE = {"patches": 3000, "test_patches": 1000, "components": [1, 4], "max_iter": 3}
@@ -104,9 +104,8 @@ def main() -> None:
     rows, mixtures = [], {}
     for k in args.components:
         started = time.perf_counter()
-        seeds = train[kmeans_plus_plus(train, k, generator=torch.Generator().manual_seed(args.seed))]
-        labels = torch.cat([torch.cdist(chunk, seeds).argmin(1) for chunk in train.split(8192)])
-        mixture = mixture_from_assignments(train, labels, k, reg_covar=args.reg_covar)
+        mixture = mixture_from_seeds(train, k, generator=torch.Generator().manual_seed(args.seed),
+                                     reg_covar=args.reg_covar)
         history = em_fit(mixture, train, max_iter=args.max_iter, tol=args.tol,
                          compute_dtype=torch.float32 if args.float32 else None)
         test_ll = float(mixture.log_prob(test).mean())

@@ -20,6 +20,7 @@ from dgmlab.models.mixtures import (
     kmeans,
     kmeans_plus_plus,
     mixture_from_assignments,
+    mixture_from_seeds,
 )
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
@@ -38,9 +39,7 @@ def blobs(n=1200, dim=3, k=4, seed=0, spread=4.0):
 
 def seeded_start(x, k, seed=0, reg_covar=1e-6):
     """Nearest-k-means++-seed assignment, then one M-step: the start both implementations are given."""
-    seeds = kmeans_plus_plus(x, k, generator=torch.Generator().manual_seed(seed))
-    labels = torch.cdist(x, x[seeds]).argmin(1)
-    return mixture_from_assignments(x, labels, k, reg_covar=reg_covar)
+    return mixture_from_seeds(x, k, generator=torch.Generator().manual_seed(seed), reg_covar=reg_covar)
 
 
 def sklearn_from(mixture, iterations, reg_covar=1e-6):
@@ -153,6 +152,16 @@ def test_kmeans_matches_scikit_learn_from_the_same_centres_and_its_inertia_never
     assert (np.diff(ours.inertia) <= 1e-9).all()
     order = lambda c: c[np.lexsort(c.T)]  # noqa: E731  (the same centres, maybe in another order)
     np.testing.assert_allclose(order(ours.centres.numpy()), order(theirs.cluster_centers_), atol=1e-9)
+
+
+def test_the_seeded_start_is_one_m_step_from_the_nearest_seed_labels():
+    x = blobs(n=300, seed=10)
+    seeds = x[kmeans_plus_plus(x, 4, generator=torch.Generator().manual_seed(3))]
+    labels = ((x[:, None, :] - seeds[None]) ** 2).sum(-1).argmin(1)
+    expected = mixture_from_assignments(x, labels, 4)
+    started = mixture_from_seeds(x, 4, generator=torch.Generator().manual_seed(3), chunk_size=64)
+    for name in ("weights", "means", "covariances"):
+        torch.testing.assert_close(getattr(started, name), getattr(expected, name))
 
 
 def test_kmeans_plus_plus_is_reproducible_and_picks_distinct_points():

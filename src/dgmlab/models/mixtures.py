@@ -36,6 +36,7 @@ nothing to cancellation; the tests check that the two agree.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ from dgmlab.models.protocols import reject_context
 from dgmlab.utils import check_int
 
 __all__ = ["EMHistory", "GaussianMixture", "KMeansResult", "em_fit", "em_step", "kmeans", "kmeans_plus_plus",
-           "mixture_from_assignments", "most_likely_component"]
+           "mixture_from_assignments", "mixture_from_seeds", "most_likely_component"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -214,8 +215,8 @@ def _feature_weights(weights: Tensor, means: Tensor, precision_cholesky: Tensor)
 
 
 @torch.no_grad()
-def em_step(mixture: GaussianMixture, x: Tensor, chunk_size: int = 2048, compute_dtype: torch.dtype | None = None
-            ) -> float:
+def em_step(mixture: GaussianMixture, x: Tensor, chunk_size: int = 2048, compute_dtype: torch.dtype | None = None,
+            shift: Tensor | None = None) -> float:
     r"""One E-step and one M-step of ``mixture`` on ``x`` ``[N, D]`` in one pass over the data, in chunks of
     ``chunk_size`` rows. Returns the mean log-likelihood per point under the parameters before the step.
 
@@ -225,12 +226,13 @@ def em_step(mixture: GaussianMixture, x: Tensor, chunk_size: int = 2048, compute
     ``compute_dtype`` (default: the mixture's, float64) is the dtype of those products; the statistics are
     summed over chunks in the mixture's dtype. float32 is faster and fits data whose components are
     not far from the data's mean compared with their spread (mean-removed image patches); the second moments
-    lose digits otherwise."""
+    lose digits otherwise. ``shift``: the point the statistics are taken about (default: the mean of ``x``, which
+    :func:`em_fit` computes once for all its steps)."""
     K, D = mixture.num_components, mixture.dim
     dtype, device = mixture.means.dtype, mixture.means.device
     compute_dtype = compute_dtype or dtype
     T = D * (D + 1) // 2
-    shift = x.mean(0, dtype=dtype).to(device)
+    shift = (x.mean(0, dtype=dtype) if shift is None else shift).to(device=device, dtype=dtype)
     # statistics of x - shift: the second moments stay small, the covariances are unchanged
     # [K, T + D + 1]: component k's row gives log pi_k N(x | k) from phi(x)
     weights = _feature_weights(mixture.weights, mixture.means - shift, mixture.precision_cholesky).to(compute_dtype)
@@ -268,8 +270,6 @@ def em_fit(mixture: GaussianMixture, x: Tensor, max_iter: int = 100, tol: float 
     changes by less than ``tol`` between iterations (scikit-learn's rule) or after ``max_iter`` iterations
     (``tol=0`` runs all of them). ``compute_dtype`` as in :func:`em_step`; ``callback(iteration, mixture,
     log_likelihood)`` is called after each iteration."""
-    import time
-
     owner = "em_fit"
     x = _check_data(x, mixture.dim, owner)
     check_int(max_iter, "max_iter", minimum=1, owner=owner)
@@ -278,15 +278,16 @@ def em_fit(mixture: GaussianMixture, x: Tensor, max_iter: int = 100, tol: float 
         raise ValueError(f"{owner}: tol must be a number >= 0, got {tol!r}")
     history = EMHistory()
     started = time.perf_counter()
+    shift = x.mean(0, dtype=mixture.means.dtype)
     for iteration in range(1, max_iter + 1):
-        history.log_likelihood.append(em_step(mixture, x, chunk_size, compute_dtype))
+        history.log_likelihood.append(em_step(mixture, x, chunk_size, compute_dtype, shift))
         history.iterations = iteration
         if callback is not None:
             callback(iteration, mixture, history.log_likelihood[-1])
         if iteration > 1 and abs(history.log_likelihood[-1] - history.log_likelihood[-2]) < tol:
             history.converged = True
             break
-    history.final_log_likelihood = float(torch.cat([mixture.log_prob(c) for c in x.split(chunk_size)]).mean())
+    history.final_log_likelihood = float(mixture.log_prob(x).mean())
     history.seconds = time.perf_counter() - started
     return history
 
@@ -405,3 +406,14 @@ def mixture_from_assignments(x: Tensor, labels: Tensor, num_components: int, *, 
         covariances[k] = centred.T @ centred / counts[k]
     covariances.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
     return mixture.set_parameters(counts / len(x), means, covariances)
+
+
+def mixture_from_seeds(x: Tensor, num_components: int, *, generator: torch.Generator | None = None,
+                       reg_covar: float = 1e-6, dtype: torch.dtype = torch.float64,
+                       chunk_size: int = 8192) -> GaussianMixture:
+    """The usual start of EM: :func:`kmeans_plus_plus` seeds, every point assigned to its nearest seed, then
+    :func:`mixture_from_assignments` (one M-step from those labels)."""
+    x = _check_data(x, None, "mixture_from_seeds")
+    seeds = x[kmeans_plus_plus(x, num_components, generator=generator)]
+    labels = torch.cat([torch.cdist(chunk, seeds).argmin(1) for chunk in x.split(chunk_size)])
+    return mixture_from_assignments(x, labels, num_components, reg_covar=reg_covar, dtype=dtype)
