@@ -40,7 +40,7 @@ def test_planar_reparameterisation_keeps_w_u_hat_above_minus_one_and_the_map_inv
         back, logdet_inverse = planar.inverse(y)
     assert torch.isfinite(logdet).all()
     torch.testing.assert_close(back, z, rtol=0, atol=1e-8)
-    torch.testing.assert_close(logdet_inverse, -logdet, rtol=0, atol=1e-8)
+    torch.testing.assert_close(logdet_inverse, -logdet, rtol=1e-8, atol=1e-8)  # |log det| reaches ~10 here
 
 
 @settings(max_examples=60, deadline=None)
