@@ -34,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, photograph, photographs, random_patches
-from dgmlab.models.mixtures import GaussianMixture, em_fit, mixture_from_seeds
+from dgmlab.models.mixtures import GaussianMixture, em_fit, load_mixture, mixture_from_seeds
 from dgmlab.restoration import add_noise, epll, psnr
 
 SMOKE = {"sigmas": [25], "crop": 48, "images": ["camera"], "components": 4, "train_patches": 4000,
@@ -80,10 +79,7 @@ def centre_crop(image: torch.Tensor, side: int) -> torch.Tensor:
 
 def load_prior(args: argparse.Namespace) -> tuple[GaussianMixture, str]:
     if args.prior is not None:
-        tensors = load_file(args.prior)
-        k, dim = tensors["means"].shape
-        mixture = GaussianMixture(k, dim).set_parameters(tensors["weights"], tensors["means"], tensors["covariances"])
-        return mixture, str(args.prior)
+        return load_mixture(args.prior), str(args.prior)
     generator = torch.Generator().manual_seed(args.seed)
     patches = random_patches(photographs("train"), args.train_patches, 8, generator=generator)
     mixture = mixture_from_seeds(patches, args.components, generator=generator)

@@ -35,13 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as safetensors_bytes
 
 from dgmlab import plots
-from dgmlab.checkpoint import atomic_write_bytes
 from dgmlab.data.dead_leaves import dead_leaves, power_spectrum
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, photographs, random_patches
-from dgmlab.models.mixtures import em_fit, mixture_from_seeds
+from dgmlab.models.mixtures import em_fit, mixture_from_seeds, save_mixture
 from dgmlab.numerics import fit_power_law
 
 SMOKE = {"patches": 3000, "test_patches": 1000, "components": [1, 4], "max_iter": 3}
@@ -116,9 +114,8 @@ def main() -> None:
         rows.append(row)
         mixtures[k] = mixture
         print(json.dumps(row), flush=True)
-        atomic_write_bytes(args.out / f"gmm_K{k}.safetensors", safetensors_bytes(
-            {"weights": mixture.weights, "means": mixture.means, "covariances": mixture.covariances},
-            metadata={"patch_size": str(args.size), "reg_covar": str(args.reg_covar), "remove_mean": "true"}))
+        save_mixture(mixture, args.out / f"gmm_K{k}.safetensors",
+                     metadata={"patch_size": str(args.size), "remove_mean": "true", "source": args.source})
     result = {
         "benchmark": "patch_prior_gmm",
         "data": f"mean-removed {args.size}x{args.size} patches, grey levels in [0, 1]: {args.patches} from the "

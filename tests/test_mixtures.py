@@ -19,8 +19,10 @@ from dgmlab.models.mixtures import (
     em_step,
     kmeans,
     kmeans_plus_plus,
+    load_mixture,
     mixture_from_assignments,
     mixture_from_seeds,
+    save_mixture,
 )
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
@@ -198,6 +200,29 @@ def test_samples_have_the_mixtures_mean_and_covariance():
     assert ((draws.mean(0) - mean).abs() < 4 * standard_error).all()
     torch.testing.assert_close(torch.cov(draws.T), second - torch.outer(mean, mean), atol=0.05, rtol=0)
     assert torch.equal(draws, mixture.sample(40000, generator=torch.Generator().manual_seed(0)))
+
+
+def test_a_saved_mixture_loads_back_identical_and_foreign_files_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    x = blobs(n=600, dim=3, k=3)
+    mixture = seeded_start(x, 3, reg_covar=1e-4)
+    em_fit(mixture, x, max_iter=5)
+    path = save_mixture(mixture, tmp_path / "prior.safetensors", metadata={"patch_size": "8"})
+    loaded = load_mixture(path)
+    assert loaded.reg_covar == mixture.reg_covar
+    for name in ("weights", "means", "covariances", "precision_cholesky"):
+        assert torch.equal(getattr(loaded, name), getattr(mixture, name)), name
+    assert torch.equal(loaded.log_prob(x), mixture.log_prob(x))
+    assert not list(tmp_path.glob("*.tmp")), "the atomic write left a temporary file"
+    with pytest.raises(ValueError, match="does not exist; fit a mixture first"):
+        load_mixture(tmp_path / "absent.safetensors")
+    save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match=r"holds \['weight'\], not a mixture's"):
+        load_mixture(tmp_path / "other.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_mixture(tmp_path / "garbage.safetensors")
 
 
 def test_bad_inputs_get_one_clear_error():

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ from dgmlab.models.protocols import reject_context
 from dgmlab.utils import check_int
 
 __all__ = ["EMHistory", "GaussianMixture", "KMeansResult", "em_fit", "em_step", "kmeans", "kmeans_plus_plus",
-           "mixture_from_assignments", "mixture_from_seeds", "most_likely_component"]
+           "load_mixture", "mixture_from_assignments", "mixture_from_seeds", "most_likely_component", "save_mixture"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -149,6 +150,50 @@ class GaussianMixture(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_components={self.num_components}, dim={self.dim}, reg_covar={self.reg_covar:g}"
+
+
+MIXTURE_TENSORS = ("weights", "means", "covariances")
+
+
+def save_mixture(mixture: GaussianMixture, path: str | Path, *, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``mixture``'s weights, means and covariances to the safetensors file ``path``, atomically (a crash
+    leaves any earlier file intact); ``metadata`` (strings) is stored in the file's header with ``reg_covar``."""
+    from safetensors.torch import save
+
+    from dgmlab.checkpoint import atomic_write_bytes
+
+    header = {"reg_covar": repr(mixture.reg_covar), **(metadata or {})}
+    tensors = {name: getattr(mixture, name).detach().cpu().contiguous() for name in MIXTURE_TENSORS}
+    path = Path(path)
+    atomic_write_bytes(path, save(tensors, metadata=header))
+    return path
+
+
+def load_mixture(path: str | Path) -> GaussianMixture:
+    """The mixture that :func:`save_mixture` wrote to ``path`` (float64). A missing or foreign file is one
+    ValueError that says what is wrong."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"load_mixture: {path} does not exist; fit a mixture first (benchmarks/patch_prior_gmm.py "
+                         f"writes gmm_K<k>.safetensors)")
+    try:
+        with safe_open(path, framework="pt") as file:
+            missing = [name for name in MIXTURE_TENSORS if name not in file.keys()]
+            if missing:
+                raise ValueError(f"load_mixture: {path} holds {sorted(file.keys())}, not a mixture's "
+                                 f"{list(MIXTURE_TENSORS)}")
+            tensors = {name: file.get_tensor(name) for name in MIXTURE_TENSORS}
+            header = file.metadata() or {}
+    except SafetensorError as error:
+        raise ValueError(f"load_mixture: {path} is not a readable safetensors file ({error})") from None
+    means = tensors["means"]
+    if means.dim() != 2:
+        raise ValueError(f"load_mixture: {path}: means must be [K, D], got {list(means.shape)}")
+    reg_covar = float(header.get("reg_covar", 1e-6))
+    mixture = GaussianMixture(means.shape[0], means.shape[1], reg_covar=reg_covar)
+    return mixture.set_parameters(tensors["weights"], means, tensors["covariances"])
 
 
 def _whitening(means: Tensor, precision_cholesky: Tensor) -> tuple[Tensor, Tensor, Tensor]:
