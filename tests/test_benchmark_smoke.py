@@ -193,3 +193,62 @@ def test_denoising_benchmark_smoke_run_tunes_baselines_on_training_images_and_re
     unknown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "denoise_epll.py"), "--methods", "epll,magic"],
                              capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert unknown.returncode != 0 and "unknown methods ['magic']" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_inpainting_benchmark_smoke_run_reports_psnr_on_the_missing_pixels(tmp_path):
+    pytest.importorskip("skimage")
+    command = [sys.executable, str(ROOT / "benchmarks" / "inpaint_epll.py"), "--smoke", "--threads", "1",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    (row,) = result["rows"]
+    assert row["image"] == "camera" and row["missing"] == 0.5 and row["shape"] == [40, 40]
+    assert 0.4 < row["missing_pixels"] / 1600 < 0.6
+    # both fill the holes far better than a black image would (PSNR of zeros on the missing pixels ~ 6-10 dB)
+    for method in ("biharmonic", "epll"):
+        assert row[f"{method}_missing_psnr_db"] > 25.0
+        assert row[f"{method}_psnr_db"] > row[f"{method}_missing_psnr_db"]  # observed pixels are exact or close
+    assert result["schedule"]["start"] == "biharmonic" and result["schedule"]["rounds"] == 3
+    assert (tmp_path / "inpainted.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inpaint_epll.py"), "--missing", "1.5"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode != 0 and "strictly between 0 and 1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_deep_image_prior_benchmark_smoke_run_tunes_iterations_on_a_training_image_and_reports_psnr(tmp_path):
+    pytest.importorskip("skimage")
+    import torch
+    from safetensors.torch import save_file
+
+    # a two-component patch prior on mean-removed 8x8 patches, for the EPLL side-by-side
+    covariances = torch.stack([0.01 * torch.eye(64), 0.001 * torch.eye(64)]).double()
+    prior = tmp_path / "prior.safetensors"
+    save_file({"weights": torch.tensor([0.5, 0.5]).double(), "means": torch.zeros(2, 64).double(),
+               "covariances": covariances}, prior)
+    command = [sys.executable, str(ROOT / "benchmarks" / "deep_image_prior.py"), "--smoke", "--threads", "1",
+               "--prior", str(prior), "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    (row,) = result["rows"]
+    assert row["image"] == "camera" and row["shape"] == [32, 32]
+    assert row["noisy_psnr_db"] == pytest.approx(20.2, abs=0.2)  # sigma 25 on the 0..255 scale
+    # the iterations come from the training photograph; the oracle peak is the best of the same curve
+    assert result["tuned_on"].startswith("astronaut") and result["settings"]["iterations"] == 150
+    curve = result["curves"]["camera"]
+    assert curve["iterations"] == list(range(10, 151, 10)) and set(result["curves"]) == {"astronaut", "camera"}
+    tuned = result["tuned_iterations"]
+    assert tuned in curve["iterations"]
+    assert row["psnr_db"] == curve["psnr_average_db"][curve["iterations"].index(tuned)]
+    assert row["oracle_peak_psnr_db"] == max(curve["psnr_average_db"]) >= row["psnr_db"]
+    assert row["final_psnr_db"] == curve["psnr_average_db"][-1]
+    assert result["tuning_psnr_db"] == max(result["curves"]["astronaut"]["psnr_average_db"])
+    # a few seconds of fitting already denoise; EPLL ran on the same noisy crop
+    assert row["psnr_db"] > row["noisy_psnr_db"] + 1.0 and row["seconds"] > 0
+    assert row["epll_psnr_db"] > row["noisy_psnr_db"] and result["threads"] == 1
+    assert "oracle" in result["oracle"] and "upper bound" in result["oracle"]
+    for name in ("psnr_vs_iterations.png", "denoised.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

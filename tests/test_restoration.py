@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dgmlab.models.mixtures import GaussianMixture, em_fit, mixture_from_assignments, most_likely_component
-from dgmlab.restoration import _patches, add_noise, epll, psnr, wiener_patches, x_step
+from dgmlab.restoration import _patches, add_noise, annealed_betas, epll, psnr, wiener_patches, x_step
 
 
 def smooth_image(n=48, seed=0):
@@ -109,6 +109,30 @@ def test_epll_inpaints_missing_pixels_from_their_neighbours():
     assert psnr(result.image[missing], clean[missing]) > psnr(mean_fill[missing], clean[missing]) + 8.0
     # observed pixels stay close to what was observed
     assert float((result.image - noisy)[~missing].abs().max()) < 0.05
+
+
+def test_annealed_betas_fall_geometrically_in_sigma_and_start_from_the_given_image():
+    betas = annealed_betas(0.1, 0.001, 5)
+    sigmas = [b**-0.5 for b in betas]
+    assert sigmas[0] == pytest.approx(0.1) and sigmas[-1] == pytest.approx(0.001)
+    ratios = [b / a for a, b in zip(sigmas[:-1], sigmas[1:], strict=True)]
+    assert ratios == pytest.approx([0.1 ** 0.5] * 4)
+    assert annealed_betas(0.2, 0.05, 1) == [pytest.approx(400.0)]
+    with pytest.raises(ValueError, match="need 0 < last_sigma <= first_sigma"):
+        annealed_betas(0.01, 0.1, 4)
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1"):
+        annealed_betas(0.1, 0.01, 0)
+    # a start from the clean image keeps the observed pixels and needs nothing filled in
+    clean = smooth_image(seed=3)
+    mask = (torch.rand(clean.shape, generator=torch.Generator().manual_seed(1)) > 0.5).double()
+    sigma = 0.5 / 255
+    from_clean = epll(clean * mask, patch_prior(), sigma, mask=mask, betas=annealed_betas(2 / 255, 0.5 / 255, 3),
+                      initial=clean, clean=clean)
+    from_mean = epll(clean * mask, patch_prior(), sigma, mask=mask, betas=annealed_betas(2 / 255, 0.5 / 255, 3),
+                     clean=clean)
+    assert from_clean.psnr[-1] > from_mean.psnr[-1] + 3.0
+    with pytest.raises(ValueError, match=r"initial image \[4, 4\] must have the image's shape"):
+        epll(clean, patch_prior(), sigma, initial=torch.zeros(4, 4))
 
 
 def test_epll_refuses_what_it_cannot_restore():

@@ -25,21 +25,30 @@ for an increasing schedule of :math:`\beta`, alternating
 The defaults are the paper's: :math:`\lambda = p^2/\sigma^2` and :math:`\beta = \sigma^{-2}\,(1, 4, 8, 16, 32, 64)`,
 one z-step and one x-step per :math:`\beta`. Images are grey levels in [0, 1]; :math:`\sigma` is in the same
 units (a noise of 25 grey levels on the 0..255 scale is :math:`\sigma = 25/255`).
+
+The deep image prior (Ulyanov et al. 2018, :func:`deep_image_prior`) restores without any learned prior: it fits
+a randomly initialised network :math:`f_\theta(z)` (:class:`~dgmlab.models.deep_image_prior.SkipNet`) to the
+noisy image, :math:`\min_\theta \lVert f_\theta(z) - y\rVert^2` by Adam, and stops early, before the
+network has fitted the noise; :mod:`dgmlab.models.deep_image_prior` gives the equations.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from dgmlab.models.deep_image_prior import SkipNet
 from dgmlab.models.mixtures import GaussianMixture, most_likely_component
+from dgmlab.utils import check_int
 
-__all__ = ["EPLLResult", "add_noise", "epll", "psnr", "wiener_patches", "x_step"]
+__all__ = ["DeepImagePriorResult", "EPLLResult", "add_noise", "deep_image_prior", "epll", "psnr", "wiener_patches",
+           "x_step"]
 
 PAPER_BETAS = (1.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -58,6 +67,21 @@ def add_noise(image: Tensor, sigma: float, *, seed: int = 0) -> Tensor:
     paper's experiments)."""
     generator = torch.Generator().manual_seed(seed)
     return image + sigma * torch.randn(image.shape, generator=generator, dtype=image.dtype)
+
+
+def annealed_betas(first_sigma: float, last_sigma: float, rounds: int) -> list[float]:
+    r"""A schedule :math:`\beta_t = \sigma_t^{-2}` whose :math:`\sigma_t` fall geometrically from ``first_sigma`` to
+    ``last_sigma`` in ``rounds`` steps. For inpainting without noise the paper's :math:`\sigma^{-2}(1, \ldots, 64)`
+    starts too close to the data to move missing pixels; this starts at a patch noise that lets the prior fill
+    them and ends near the data."""
+    if not (0 < last_sigma <= first_sigma):
+        raise ValueError(f"annealed_betas: need 0 < last_sigma <= first_sigma, got {first_sigma!r} and {last_sigma!r}")
+    if not (isinstance(rounds, int) and rounds >= 1):
+        raise ValueError(f"annealed_betas: rounds must be an integer >= 1, got {rounds!r}")
+    if rounds == 1:
+        return [last_sigma**-2]
+    ratio = last_sigma / first_sigma
+    return [(first_sigma * ratio ** (t / (rounds - 1))) ** -2 for t in range(rounds)]
 
 
 def _patches(image: Tensor, size: int) -> Tensor:
@@ -117,7 +141,8 @@ class EPLLResult:
     components_used: int = 0
 
 
-def _check_inputs(noisy: object, mixture: GaussianMixture, sigma: float, mask: Tensor | None) -> int:
+def _check_inputs(noisy: object, mixture: GaussianMixture, sigma: float, mask: Tensor | None,
+                  initial: object) -> int:
     if not isinstance(noisy, Tensor) or noisy.dim() != 2 or not noisy.is_floating_point():
         shape = list(noisy.shape) if isinstance(noisy, Tensor) else type(noisy).__name__
         raise ValueError(f"epll: the image must be a float tensor of grey levels [H, W], got {shape}")
@@ -131,28 +156,37 @@ def _check_inputs(noisy: object, mixture: GaussianMixture, sigma: float, mask: T
                          f"{sigma!r}")
     if mask is not None and mask.shape != noisy.shape:
         raise ValueError(f"epll: the mask {list(mask.shape)} must have the image's shape {list(noisy.shape)}")
+    if initial is not None and (not isinstance(initial, Tensor) or initial.shape != noisy.shape):
+        shape = list(initial.shape) if isinstance(initial, Tensor) else type(initial).__name__
+        raise ValueError(f"epll: the initial image {shape} must have the image's shape {list(noisy.shape)}")
     return size
 
 
 @torch.no_grad()
 def epll(noisy: Tensor, mixture: GaussianMixture, sigma: float, *, mask: Tensor | None = None,
-         betas: Sequence[float] | None = None, lam: float | None = None, clean: Tensor | None = None,
+         betas: Sequence[float] | None = None, lam: float | None = None, initial: Tensor | None = None,
+         clean: Tensor | None = None,
          compute_dtype: torch.dtype | None = torch.float32,
          callback: Callable[[int, float, Tensor], None] | None = None) -> EPLLResult:
     r"""Restore ``noisy`` ``[H, W]`` with the patch prior ``mixture`` (over mean-removed :math:`p\times p` patches)
     by half-quadratic splitting; see the module's equations.
 
     ``sigma``: the noise's standard deviation. ``mask``: 1 where a pixel is observed, 0 where it is missing
-    (inpainting; missing pixels start at the mean of the observed ones). ``betas``: the schedule (default
-    :math:`\sigma^{-2}(1, 4, 8, 16, 32, 64)`); ``lam``: :math:`\lambda` (default :math:`p^2/\sigma^2`).
+    (inpainting; missing pixels start at the mean of the observed ones unless ``initial`` is given).
+    ``betas``: the schedule (default :math:`\sigma^{-2}(1, 4, 8, 16, 32, 64)`);
+    ``lam``: :math:`\lambda` (default :math:`p^2/\sigma^2`).
+    ``initial``: the starting :math:`x` (default: ``noisy``), e.g. an interpolation of the missing pixels.
     ``clean``: the clean image, to record the PSNR after every round. ``callback(round, beta, image)``."""
-    size = _check_inputs(noisy, mixture, sigma, mask)
+    size = _check_inputs(noisy, mixture, sigma, mask, initial)
     dtype = torch.float64
     y = noisy.to(dtype)
     lam = size * size / sigma**2 if lam is None else float(lam)
     betas = [b / sigma**2 for b in PAPER_BETAS] if betas is None else [float(b) for b in betas]
     observed = torch.ones_like(y) if mask is None else mask.to(dtype)
-    x = y.clone() if mask is None else torch.where(observed > 0, y, y[observed > 0].mean())
+    if initial is not None:
+        x = initial.to(dtype).clone()
+    else:
+        x = y.clone() if mask is None else torch.where(observed > 0, y, y[observed > 0].mean())
     result = EPLLResult(image=x, betas=betas)
     for round_index, beta in enumerate(betas):
         # z-step: MAP of every patch at noise variance 1/beta, on the patch with its own mean removed
@@ -167,4 +201,120 @@ def epll(noisy: Tensor, mixture: GaussianMixture, sigma: float, *, mask: Tensor 
         if callback is not None:
             callback(round_index, beta, x)
     result.image = x.clamp(0, 1)
+    return result
+
+
+@dataclass
+class DeepImagePriorResult:
+    """``image``: the restoration, the exponential average of the outputs after the last step, ``[H, W]`` in
+    [0, 1] on the CPU. Every ``record_every`` steps (and after the last) the lists gain one entry: ``iterations``
+    (steps taken, from 1), ``loss`` (the step's mean squared error to the noisy image), and where a clean image
+    was given ``psnr`` (dB, the step's output) and ``psnr_average`` (dB, the averaged output). ``seconds``: the
+    wall time of the whole fit."""
+
+    image: Tensor
+    iterations: list[int] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)
+    psnr_average: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _check_deep_image_prior_inputs(noisy: object, clean: Tensor | None, lr: float, input_noise_std: float,
+                                   average: float) -> None:
+    owner = "deep_image_prior"
+    if not isinstance(noisy, Tensor) or noisy.dim() != 2 or not noisy.is_floating_point():
+        shape = list(noisy.shape) if isinstance(noisy, Tensor) else type(noisy).__name__
+        raise ValueError(f"{owner}: the noisy image must be a float tensor of grey levels [H, W], got {shape}")
+    if clean is not None and (not isinstance(clean, Tensor) or clean.shape != noisy.shape):
+        shape = list(clean.shape) if isinstance(clean, Tensor) else type(clean).__name__
+        raise ValueError(f"{owner}: the clean image {shape} must have the noisy image's shape {list(noisy.shape)}")
+    for name, value, low_closed in (("lr", lr, False), ("input_noise_std", input_noise_std, True)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0 or (value == 0 and not low_closed):
+            bound = ">= 0" if low_closed else "> 0"
+            raise ValueError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")
+    if isinstance(average, bool) or not isinstance(average, (int, float)) or not 0 <= average < 1:
+        raise ValueError(f"{owner}: average must be the weight of the running average in [0, 1) (0: no "
+                         f"averaging, the paper's code uses 0.99), got {average!r}")
+
+
+def deep_image_prior(noisy: Tensor, *, iterations: int = 3000, lr: float = 0.01, input_channels: int = 32,
+                     input_noise_std: float = 1 / 30, average: float = 0.99, clean: Tensor | None = None,
+                     record_every: int = 100, seed: int = 0, device: str | torch.device = "cpu",
+                     net: nn.Module | None = None,
+                     callback: Callable[[int, Tensor, Tensor], None] | None = None) -> DeepImagePriorResult:
+    r"""Denoise ``noisy`` ``[H, W]`` (grey levels) with the deep image prior: fit :math:`f_\theta` to it from the
+    fixed code :math:`z \sim 0.1\,\mathcal U[0, 1)^{C\times H\times W}` by Adam on
+    :math:`\lVert f_\theta(z + \sigma_p\varepsilon_t) - y\rVert^2 / HW` (a fresh :math:`\varepsilon_t` every
+    step) for ``iterations`` steps; the result is the running average
+    :math:`\bar x_t = \gamma\bar x_{t-1} + (1-\gamma) f_{\theta}(z_t)`, :math:`\bar x_1 = f_\theta(z_1)`.
+    The number of steps is the regulariser: choose it on images other than the ones reported.
+
+    ``lr``: Adam's step size; ``input_channels``: :math:`C`; ``input_noise_std``: :math:`\sigma_p` (0: a fixed
+    code); ``average``: :math:`\gamma` (0: the last output). ``clean``: the clean image ``[H, W]``, to record the
+    PSNR of the output and of the average every ``record_every`` steps (the only host synchronisations of the
+    loop). ``seed`` fixes :math:`z`, the perturbations and, when ``net`` is ``None``, the initial weights of
+    the paper's denoising :class:`~dgmlab.models.deep_image_prior.SkipNet` (5 levels of 128 channels, skips
+    of 4); a given ``net`` (code channels ``input_channels``, one output channel) is trained in place.
+    ``callback(iteration, output, average)`` after every step, with the step's output and the running average,
+    both ``[H, W]`` and detached (the average is updated in place by later steps: clone what you keep).
+    Deterministic on the CPU for a fixed seed and thread count."""
+    _check_deep_image_prior_inputs(noisy, clean, lr, input_noise_std, average)
+    owner = "deep_image_prior"
+    check_int(iterations, "iterations", minimum=1, owner=owner, hint="the number of Adam steps")
+    check_int(record_every, "record_every", minimum=1, owner=owner)
+    check_int(input_channels, "input_channels", minimum=1, owner=owner, hint="the channels of the code z")
+    check_int(seed, "seed", owner=owner)
+    device = torch.device(device)
+    height, width = noisy.shape
+    if net is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = SkipNet(input_channels, 1)
+    if isinstance(net, SkipNet):
+        if net.in_channels != input_channels or net.out_channels != 1:
+            raise ValueError(f"{owner}: the net maps {net.in_channels} code channels to {net.out_channels} "
+                             f"images, but the code has input_channels = {input_channels} and a grey image one "
+                             f"channel; build SkipNet({input_channels}, 1, ...)")
+        try:
+            net.check_size(height, width)
+        except ValueError as error:
+            raise ValueError(f"{owner}: {error}") from None
+    net = net.to(device).train()
+    started = time.perf_counter()
+    y = noisy.to(device, torch.float32)[None, None]
+    reference = None if clean is None else clean.to(device)
+    # z ~ 0.1 U[0, 1): drawn on the CPU, so the code is the same on every device
+    z = (0.1 * torch.rand(1, input_channels, height, width, generator=torch.Generator().manual_seed(seed))).to(device)
+    perturbation = torch.Generator(device=device).manual_seed(seed + 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)  # all weights updated in a few batched ops
+    result = DeepImagePriorResult(image=noisy.new_empty(0))
+    running = None
+    for iteration in range(1, iterations + 1):
+        optimizer.zero_grad(set_to_none=True)
+        # z_t = z + sigma_p eps_t
+        code = z + input_noise_std * torch.randn(z.shape, generator=perturbation, device=device) \
+            if input_noise_std else z
+        output = net(code)
+        if iteration == 1 and output.shape != y.shape:
+            raise ValueError(f"{owner}: the net's output is {list(output.shape)}, it must be the image's "
+                             f"{list(y.shape)} (one grey channel)")
+        # E = ||f_theta(z_t) - y||^2 / (H W)
+        loss = F.mse_loss(output, y)
+        loss.backward()
+        optimizer.step()
+        output = output.detach()[0, 0]
+        # x_bar_t = gamma x_bar_{t-1} + (1 - gamma) f_theta(z_t)
+        running = output.clone() if running is None else running.mul_(average).add_(output, alpha=1 - average)
+        if iteration % record_every == 0 or iteration == iterations:
+            result.iterations.append(iteration)
+            result.loss.append(float(loss.detach()))
+            if reference is not None:
+                result.psnr.append(psnr(output.clamp(0, 1), reference))
+                result.psnr_average.append(psnr(running.clamp(0, 1), reference))
+        if callback is not None:
+            callback(iteration, output, running)
+    result.image = running.clamp(0, 1).to("cpu", noisy.dtype)
+    result.seconds = time.perf_counter() - started
     return result

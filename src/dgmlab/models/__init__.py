@@ -13,6 +13,7 @@ from torch import nn
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.autoencoders import AE, VAE, AEOutput, VAEOutput
 from dgmlab.models.autoregressive import FVSBN, MADE, NADE, BengioNet, all_binary_configurations
+from dgmlab.models.deep_image_prior import SkipNet
 from dgmlab.models.flow_vae import PlanarVAE
 from dgmlab.models.flows import Glow
 from dgmlab.models.mixtures import GaussianMixture, em_fit, kmeans
@@ -103,3 +104,4 @@ __all__ += ["FVSBN", "BengioNet", "NADE", "MADE", "all_binary_configurations"]
 __all__ += ["PixelCNN", "GatedPixelCNN", "MaskedConv2d", "receptive_field"]
 __all__ += ["FlowPosterior", "PlanarVAE"]
 __all__ += ["GaussianMixture", "em_fit", "kmeans"]  # fitted by EM (dgmlab.models.mixtures), not by the trainer
+__all__ += ["SkipNet"]  # fitted to one image by dgmlab.restoration.deep_image_prior, not by the trainer
