@@ -37,9 +37,10 @@ from pathlib import Path
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from restoration_setup import numbers
 
 from dgmlab import plots
-from dgmlab.data.images import TEST_PHOTOGRAPHS, photograph
+from dgmlab.data.images import TEST_PHOTOGRAPHS, centre_crop, photograph
 from dgmlab.models import SkipNet, count_parameters
 from dgmlab.models.mixtures import load_mixture
 from dgmlab.restoration import DeepImagePriorResult, add_noise, deep_image_prior, epll, psnr
@@ -52,22 +53,16 @@ ORACLE_NOTE = ("oracle_peak: the best PSNR of the averaged output over all recor
                "clean test image: an upper bound on what early stopping can reach, not a result")
 
 
-def _numbers(cast):
-    def parse(text: str):
-        return [cast(part) for part in text.split(",") if part.strip()]
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sigma", type=float, default=25.0, help="noise standard deviation on the 0..255 scale")
-    parser.add_argument("--images", type=_numbers(str), default=list(TEST_PHOTOGRAPHS))
+    parser.add_argument("--images", type=numbers(str), default=list(TEST_PHOTOGRAPHS))
     parser.add_argument("--crop", type=int, default=128, help="centre crop side of each image (0: whole)")
     parser.add_argument("--tune-on", default="astronaut", help="training photograph the iterations are tuned on")
     parser.add_argument("--tune-crop", type=int, default=None, help="its centre crop (default: --crop)")
     parser.add_argument("--iterations", type=int, default=2000, help="Adam steps per image")
     parser.add_argument("--record-every", type=int, default=25, help="iterations between PSNR measurements")
-    parser.add_argument("--channels", type=_numbers(int), default=[8, 16, 32, 64, 128],
+    parser.add_argument("--channels", type=numbers(int), default=[8, 16, 32, 64, 128],
                         help="SkipNet widths, one per level (the paper: 128,128,128,128,128)")
     parser.add_argument("--skip-channels", type=int, default=4)
     parser.add_argument("--input-channels", type=int, default=32)
@@ -82,15 +77,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/deep_image_prior"))
     parser.add_argument("--smoke", action="store_true", help="tiny settings to check the script")
     return parser
-
-
-def centre_crop(image: torch.Tensor, side: int, multiple: int) -> torch.Tensor:
-    """The centre ``side`` x ``side`` crop of ``image`` (the whole image for 0), its height and width then
-    rounded down to multiples of ``multiple``."""
-    height, width = image.shape if side <= 0 else (min(side, image.shape[0]), min(side, image.shape[1]))
-    height, width = height // multiple * multiple, width // multiple * multiple
-    top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-    return image[top:top + height, left:left + width]
 
 
 def fit(args: argparse.Namespace, noisy: torch.Tensor, clean: torch.Tensor, device: torch.device,
@@ -167,7 +153,7 @@ def main() -> None:
     prior = load_mixture(args.prior) if args.prior is not None else None
 
     # the number of iterations, from a training photograph: the best PSNR of the averaged output there
-    tune_clean = centre_crop(photograph(args.tune_on), tune_crop, multiple)
+    tune_clean = centre_crop(photograph(args.tune_on), tune_crop, multiple=multiple)
     tune_noisy = add_noise(tune_clean, sigma, seed=args.seed + 1)
     tuning, _ = fit(args, tune_noisy, tune_clean, device)
     best = max(range(len(tuning.iterations)), key=tuning.psnr_average.__getitem__)
@@ -178,7 +164,7 @@ def main() -> None:
 
     rows, epll_psnr, shown = [], {}, {}
     for name in args.images:
-        clean = centre_crop(photograph(name), args.crop, multiple)
+        clean = centre_crop(photograph(name), args.crop, multiple=multiple)
         noisy = add_noise(clean, sigma, seed=args.seed)
         result, restored = fit(args, noisy, clean, device, keep_at=tuned_iteration)
         at = result.iterations.index(tuned_iteration)

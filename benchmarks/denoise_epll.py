@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from restoration_setup import load_prior, numbers
 
 from dgmlab import plots
-from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, photograph, photographs, random_patches
-from dgmlab.models.mixtures import GaussianMixture, em_fit, load_mixture, mixture_from_seeds
+from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, centre_crop, photograph
 from dgmlab.restoration import add_noise, epll, psnr
 
 SMOKE = {"sigmas": [25], "crop": 48, "images": ["camera"], "components": 4, "train_patches": 4000,
@@ -45,19 +45,13 @@ SMOKE = {"sigmas": [25], "crop": 48, "images": ["camera"], "components": 4, "tra
 METHODS = ["epll", "gaussian", "wiener", "tv", "wavelet", "nl_means", "bm3d"]
 
 
-def _numbers(cast):
-    def parse(text: str):
-        return [cast(part) for part in text.split(",") if part.strip()]
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sigmas", type=_numbers(float), default=[15.0, 25.0, 50.0],
+    parser.add_argument("--sigmas", type=numbers(float), default=[15.0, 25.0, 50.0],
                         help="noise standard deviations on the 0..255 scale")
-    parser.add_argument("--images", type=_numbers(str), default=list(TEST_PHOTOGRAPHS))
+    parser.add_argument("--images", type=numbers(str), default=list(TEST_PHOTOGRAPHS))
     parser.add_argument("--crop", type=int, default=256, help="centre crop side of each test image (0: whole)")
-    parser.add_argument("--methods", type=_numbers(str), default=METHODS)
+    parser.add_argument("--methods", type=numbers(str), default=METHODS)
     parser.add_argument("--prior", type=Path, default=None, help="a mixture saved by benchmarks/patch_prior_gmm.py")
     parser.add_argument("--components", type=int, default=200, help="K of the mixture fitted without --prior")
     parser.add_argument("--train-patches", type=int, default=100_000)
@@ -68,24 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/denoise_epll"))
     parser.add_argument("--smoke", action="store_true", help="tiny settings to check the script")
     return parser
-
-
-def centre_crop(image: torch.Tensor, side: int) -> torch.Tensor:
-    if side <= 0 or min(image.shape) <= side:
-        return image
-    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-    return image[top:top + side, left:left + side]
-
-
-def load_prior(args: argparse.Namespace) -> tuple[GaussianMixture, str]:
-    if args.prior is not None:
-        return load_mixture(args.prior), str(args.prior)
-    generator = torch.Generator().manual_seed(args.seed)
-    patches = random_patches(photographs("train"), args.train_patches, 8, generator=generator)
-    mixture = mixture_from_seeds(patches, args.components, generator=generator)
-    history = em_fit(mixture, patches, max_iter=100, tol=1e-3, compute_dtype=torch.float32)
-    return mixture, (f"fitted here: K = {args.components}, {args.train_patches} training patches, "
-                     f"{history.iterations} EM iterations")
 
 
 def baselines(sigma: float) -> dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], list[float]]]:

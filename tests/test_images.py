@@ -12,6 +12,7 @@ from dgmlab.data.images import (
     PHOTOGRAPHS,
     TEST_PHOTOGRAPHS,
     TRAIN_PHOTOGRAPHS,
+    centre_crop,
     extract_patches,
     photograph,
     photographs,
@@ -97,3 +98,13 @@ def test_patch_errors_say_what_is_wrong():
         extract_patches(torch.zeros(3, 10, 10))
     with pytest.raises(ValueError, match="no images given"):
         random_patches([], 5)
+
+
+def test_centre_crop_takes_the_middle_and_rounds_sides_down_to_a_multiple():
+    image = torch.arange(10 * 12, dtype=torch.float64).reshape(10, 12)
+    assert torch.equal(centre_crop(image, 4), image[3:7, 4:8])
+    assert torch.equal(centre_crop(image, 0), image) and torch.equal(centre_crop(image, 50), image)
+    assert torch.equal(centre_crop(image, 0, multiple=4), image[1:9, 0:12])
+    assert torch.equal(centre_crop(image, 11, multiple=4), image[1:9, 2:10])
+    with pytest.raises(ValueError, match="no crop whose sides are multiples of 16"):
+        centre_crop(image, 0, multiple=16)

@@ -24,8 +24,8 @@ from dgmlab.data.mnist import _sha256_of_file
 from dgmlab.errors import DgmlabDataError
 from dgmlab.utils import check_int
 
-__all__ = ["PHOTOGRAPHS", "TEST_PHOTOGRAPHS", "TRAIN_PHOTOGRAPHS", "extract_patches", "photograph", "photographs",
-           "random_patches"]
+__all__ = ["PHOTOGRAPHS", "TEST_PHOTOGRAPHS", "TRAIN_PHOTOGRAPHS", "centre_crop", "extract_patches", "photograph",
+           "photographs", "random_patches"]
 
 # file in skimage/data/ and its SHA-256 (scikit-image 0.26)
 PHOTOGRAPHS: dict[str, tuple[str, str]] = {
@@ -84,6 +84,19 @@ def photographs(split: str) -> dict[str, Tensor]:
     if split not in _SPLITS:
         raise DgmlabDataError(f"split must be 'train' or 'test', got {split!r}")
     return {name: photograph(name) for name in _SPLITS[split]}
+
+
+def centre_crop(image: Tensor, side: int, *, multiple: int = 1) -> Tensor:
+    """The centre ``side`` x ``side`` crop of ``image`` ``[H, W]`` (the whole image for ``side <= 0``; a side the
+    image is shorter than stays whole), its height and width then rounded down to multiples of ``multiple``."""
+    check_int(multiple, "multiple", minimum=1, owner="centre_crop")
+    height, width = image.shape if side <= 0 else (min(side, image.shape[0]), min(side, image.shape[1]))
+    height, width = height // multiple * multiple, width // multiple * multiple
+    if height == 0 or width == 0:
+        raise ValueError(f"centre_crop: a {list(image.shape)} image has no crop whose sides are multiples of "
+                         f"{multiple}")
+    top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+    return image[top:top + height, left:left + width]
 
 
 def _check_image(image: object, size: int, owner: str) -> Tensor:

@@ -1,0 +1,36 @@
+"""What the restoration benchmarks (denoise_epll.py, inpaint_epll.py, deep_image_prior.py) share: comma-separated
+arguments and the patch prior, read from a file or fitted on the spot. Imported by those scripts (their folder is
+on ``sys.path`` when they run); not a benchmark itself."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dgmlab.data.images import photographs, random_patches
+from dgmlab.models.mixtures import GaussianMixture, em_fit, load_mixture, mixture_from_seeds
+
+
+def numbers(cast):
+    """An argparse type for values separated by commas, each converted by ``cast``."""
+    def parse(text: str):
+        try:
+            return [cast(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected values separated by commas, got {text!r}") from None
+    return parse
+
+
+def load_prior(args: argparse.Namespace) -> tuple[GaussianMixture, str]:
+    """The mixture in ``args.prior`` (a file of benchmarks/patch_prior_gmm.py), or one of ``args.components``
+    fitted here to ``args.train_patches`` mean-removed 8x8 patches of the training photographs; with a line
+    saying which."""
+    if args.prior is not None:
+        return load_mixture(args.prior), str(args.prior)
+    generator = torch.Generator().manual_seed(args.seed)
+    patches = random_patches(photographs("train"), args.train_patches, 8, generator=generator)
+    mixture = mixture_from_seeds(patches, args.components, generator=generator)
+    history = em_fit(mixture, patches, max_iter=100, tol=1e-3, compute_dtype=torch.float32)
+    return mixture, (f"fitted here: K = {args.components}, {args.train_patches} training patches, "
+                     f"{history.iterations} EM iterations")
