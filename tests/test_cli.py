@@ -50,13 +50,28 @@ def run_main(args, capsys):
 
 
 def test_help_lists_every_subcommand():
+    # every command with a handler has a parser (dgmlab potentials once had a handler and no parser)
+    from dgmlab.cli import COMMANDS
+
     text = build_parser().format_help()
-    for command in ("train", "eval", "sample", "pset1"):
+    assert {"train", "eval", "sample", "pset1", "potentials"} <= set(COMMANDS)
+    for command in COMMANDS:
         assert command in text
-    for command in ("train", "eval", "sample", "pset1"):
         sub = subprocess.run([sys.executable, "-m", "dgmlab.cli", command, "--help"], capture_output=True, text=True,
                              check=True)
         assert "usage: dgmlab " + command in sub.stdout
+
+
+def test_potentials_arguments_reach_run_potentials(tmp_path, monkeypatch, capsys):
+    import dgmlab.experiments.potentials as potentials
+
+    calls = []
+    monkeypatch.setattr(potentials, "run_potentials", lambda out, **kwargs: calls.append((out, kwargs)) or out)
+    assert main(["potentials", "--quick", "--out", str(tmp_path / "p"), "--seed", "3", "--workers", "0",
+                 "--overwrite", "--no-progress"]) == 0
+    assert calls == [(tmp_path / "p", {"quick": True, "config": "planar_potentials", "seed": 3, "overwrite": True,
+                                       "progress": False, "workers": 0})]
+    assert f"results written to {tmp_path / 'p'}" in capsys.readouterr().out
 
 
 def test_train_eval_sample_and_resume(tiny_config, tmp_path, capsys):

@@ -9,6 +9,7 @@ Subcommands::
     dgmlab eval runs/x [--iw-samples 5000]         # test-set metrics of a trained run
     dgmlab sample runs/x [--n 64] [--class 7]      # a grid of samples (of one class, if conditional)
     dgmlab pset1 [--quick] [--out DIR]             # problem set 1, end to end, with a report
+    dgmlab potentials [--quick] [--out DIR]        # Rezende & Mohamed's Figure 3: flows fitted to 2-D potentials
 
 Every error a user can cause (a missing file, an unknown model name, a negative learning rate...) ends the
 program with one line that says what is wrong and the valid choices, and exit status 2.
@@ -153,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     pset1.add_argument("--workers", type=_nonnegative_int, default=None,
                        help="processes for the MNIST experiments (default: 2 on a CPU, one thread each; "
                             "0: all in order in this process)")
+
+    potentials = sub.add_parser("potentials", help="fit planar and radial flows to the 2-D potentials of Rezende & "
+                                                   "Mohamed's Figure 3",
+                                description="Fit every flow and length of a potentials config to the four 2-D "
+                                            "potentials of Rezende & Mohamed (2015) by reverse KL and write "
+                                            "results.json, table.md and figure.png.")
+    potentials.add_argument("--out", type=Path, default=Path("runs/potentials"),
+                            help="output folder (default runs/potentials); it must not hold results yet, unless "
+                                 "--overwrite")
+    potentials.add_argument("--config", default="planar_potentials",
+                            help="a bundled potentials config by name or a TOML file (default planar_potentials)")
+    potentials.add_argument("--quick", action="store_true", help="the config's [quick] settings (seconds)")
+    potentials.add_argument("--seed", type=_nonnegative_int, default=0)
+    potentials.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    potentials.add_argument("--workers", type=_nonnegative_int, default=None,
+                            help="processes of one thread (default: 2 on a machine with two or more cores; 0: here)")
+    potentials.add_argument("--no-progress", action="store_true", help="no line per finished fit")
     return parser
 
 
@@ -222,7 +240,7 @@ def _potentials(args: argparse.Namespace) -> None:
     from dgmlab.experiments.potentials import run_potentials
 
     out = run_potentials(args.out, quick=args.quick, config=args.config, seed=args.seed, overwrite=args.overwrite,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, workers=args.workers)
     print(f"results written to {out}")
 
 
