@@ -1,7 +1,7 @@
 """Denoising the test photographs with the deep image prior (Ulyanov, Vedaldi & Lempitsky 2018), PSNR by iteration.
 
     .venv/bin/python benchmarks/deep_image_prior.py                      # 128x128 crops on the CPU, 2 threads
-    .venv/bin/python benchmarks/deep_image_prior.py --prior runs/patch_prior/gmm_K200.safetensors   # and EPLL
+    .venv/bin/python benchmarks/deep_image_prior.py --prior bundled      # and EPLL
     .venv/bin/python benchmarks/deep_image_prior.py --device cuda --crop 0 --iterations 3000   # whole images, GPU
     .venv/bin/python benchmarks/deep_image_prior.py --smoke              # the script end to end in seconds
 
@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-noise-std", type=float, default=1 / 30)
     parser.add_argument("--average", type=float, default=0.99)
     parser.add_argument("--prior", type=Path, default=None,
-                        help="a mixture saved by benchmarks/patch_prior_gmm.py, to run EPLL beside")
+                        help="a mixture saved by benchmarks/patch_prior_gmm.py, or bundled (dgmlab.priors), to "
+                             "run EPLL beside")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

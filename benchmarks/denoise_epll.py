@@ -1,6 +1,6 @@
 """Denoising the test photographs: EPLL with the Gaussian-mixture patch prior against the denoisers people use.
 
-    .venv/bin/python benchmarks/denoise_epll.py --prior runs/patch_prior/gmm_K200.safetensors   # sigma 15, 25, 50
+    .venv/bin/python benchmarks/denoise_epll.py --prior bundled          # sigma 15, 25, 50
     .venv/bin/python benchmarks/denoise_epll.py --smoke          # the script end to end in seconds
 
 Every method sees the same noisy images: each test photograph (dgmlab.data.images, grey levels in [0, 1]; a
@@ -29,7 +29,6 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from restoration_setup import load_prior, numbers
 
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, centre_crop, photograph
+from dgmlab.denoising import classical_denoisers
 from dgmlab.restoration import add_noise, epll, psnr
 
 SMOKE = {"sigmas": [25], "crop": 48, "images": ["camera"], "components": 4, "train_patches": 4000,
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=numbers(str), default=list(TEST_PHOTOGRAPHS))
     parser.add_argument("--crop", type=int, default=256, help="centre crop side of each test image (0: whole)")
     parser.add_argument("--methods", type=numbers(str), default=METHODS)
-    parser.add_argument("--prior", type=Path, default=None, help="a mixture saved by benchmarks/patch_prior_gmm.py")
+    parser.add_argument("--prior", type=Path, default=None,
+                        help="a mixture saved by benchmarks/patch_prior_gmm.py, or bundled (dgmlab.priors)")
     parser.add_argument("--components", type=int, default=200, help="K of the mixture fitted without --prior")
     parser.add_argument("--train-patches", type=int, default=100_000)
     parser.add_argument("--tune-on", default="astronaut", help="training photograph the baselines are tuned on")
@@ -62,24 +63,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/denoise_epll"))
     parser.add_argument("--smoke", action="store_true", help="tiny settings to check the script")
     return parser
-
-
-def baselines(sigma: float) -> dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], list[float]]]:
-    """Each classical denoiser as (function of (noisy, parameter), the parameter grid to tune on)."""
-    from scipy.ndimage import gaussian_filter
-    from scipy.signal import wiener
-    from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, denoise_wavelet
-
-    return {
-        "gaussian": (lambda y, w: gaussian_filter(y, w), [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]),
-        "wiener": (lambda y, w: wiener(y, int(w), noise=sigma**2), [3, 5, 7, 9]),
-        "tv": (lambda y, w: denoise_tv_chambolle(y, weight=w), [0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25]),
-        "wavelet": (lambda y, w: denoise_wavelet(y, sigma=sigma, wavelet=["db1", "db2", "db4", "sym8"][int(w)],
-                                                 mode="soft", method="BayesShrink", rescale_sigma=True),
-                    [0, 1, 2, 3]),
-        "nl_means": (lambda y, w: denoise_nl_means(y, h=w * sigma, sigma=sigma, patch_size=7, patch_distance=11,
-                                                   fast_mode=True), [0.4, 0.6, 0.8, 1.0, 1.2]),
-    }
 
 
 def tune(function, grid, noisy: np.ndarray, clean: torch.Tensor) -> tuple[float, float]:
@@ -102,7 +85,7 @@ def main() -> None:
     rows, tuned, shown = [], {}, {}
     for sigma_255 in args.sigmas:
         sigma = sigma_255 / 255
-        classical = {name: spec for name, spec in baselines(sigma).items() if name in args.methods}
+        classical = {name: spec for name, spec in classical_denoisers(sigma).items() if name in args.methods}
         tune_noisy = add_noise(tune_clean, sigma, seed=args.seed + 1).numpy()
         key = f"{sigma_255:g}"
         tuned[key] = {name: tune(f, grid, tune_noisy, tune_clean)[0] for name, (f, grid) in classical.items()}

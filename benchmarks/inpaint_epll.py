@@ -1,6 +1,6 @@
 """Inpainting the test photographs: EPLL with the Gaussian-mixture patch prior against biharmonic inpainting.
 
-    .venv/bin/python benchmarks/inpaint_epll.py --prior runs/patch_prior/gmm_K200.safetensors   # 50 % and 80 % missing
+    .venv/bin/python benchmarks/inpaint_epll.py --prior bundled   # 50 % and 80 % missing
     .venv/bin/python benchmarks/inpaint_epll.py --smoke          # the script end to end in seconds
 
 Every method sees the same damaged images: a centre crop of ``--crop`` pixels of each test photograph
@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--missing", type=numbers(float), default=[0.5, 0.8], help="fractions of pixels removed")
     parser.add_argument("--images", type=numbers(str), default=list(TEST_PHOTOGRAPHS))
     parser.add_argument("--crop", type=int, default=256, help="centre crop side of each test image (0: whole)")
-    parser.add_argument("--prior", type=Path, default=None, help="a mixture saved by benchmarks/patch_prior_gmm.py")
+    parser.add_argument("--prior", type=Path, default=None,
+                        help="a mixture saved by benchmarks/patch_prior_gmm.py, or bundled (dgmlab.priors)")
     parser.add_argument("--components", type=int, default=200, help="K of the mixture fitted without --prior")
     parser.add_argument("--train-patches", type=int, default=100_000)
     parser.add_argument("--first-sigma", type=float, default=15.0, help="first patch noise (0..255 scale)")

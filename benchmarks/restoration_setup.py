@@ -23,9 +23,13 @@ def numbers(cast):
 
 
 def load_prior(args: argparse.Namespace) -> tuple[GaussianMixture, str]:
-    """The mixture in ``args.prior`` (a file of benchmarks/patch_prior_gmm.py), or one of ``args.components``
-    fitted here to ``args.train_patches`` mean-removed 8x8 patches of the training photographs; with a line
-    saying which."""
+    """The mixture in ``args.prior`` (a file of benchmarks/patch_prior_gmm.py, or ``bundled``: the prior that ships
+    in dgmlab.priors, the K = 200 mixture of the result files), or one of ``args.components`` fitted here to
+    ``args.train_patches`` mean-removed 8x8 patches of the training photographs; with a line saying which."""
+    if args.prior is not None and str(args.prior) == "bundled":
+        from dgmlab.priors import natural_patch_prior, natural_patch_prior_path
+
+        return natural_patch_prior(), f"bundled: {natural_patch_prior_path().name}"
     if args.prior is not None:
         return load_mixture(args.prior), str(args.prior)
     generator = torch.Generator().manual_seed(args.seed)

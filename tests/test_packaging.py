@@ -14,6 +14,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dgmlab.cli import main
@@ -63,6 +64,7 @@ def test_a_wheel_runs_from_anywhere(tmp_path):
     (wheel,) = wheels.glob("dgmlab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "dgmlab/configs/vae_mc.toml" in names and "dgmlab/plots/templates/torus_viewer.html" in names
+    assert "dgmlab/priors/natural_8x8_k200.safetensors" in names
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -92,3 +94,10 @@ def test_a_wheel_runs_from_anywhere(tmp_path):
                    check=True, capture_output=True, text=True, timeout=900)
     metrics = json.loads((elsewhere / "report" / "metrics.json").read_text())
     assert metrics["quick"] is True and (elsewhere / "report" / "report.html").is_file()
+    # EPLL with the patch prior that ships inside the wheel (its SHA-256 checked before it is read)
+    from PIL import Image
+
+    Image.fromarray(np.full((24, 24), 128, dtype=np.uint8)).save(elsewhere / "flat.png")
+    denoised = subprocess.run([dgmlab, "denoise", "flat.png", "--add-noise", "--sigma", "25", "--out", "clean.png"],
+                              cwd=elsewhere, env=env, check=True, capture_output=True, text=True, timeout=300)
+    assert "epll at sigma = 25 (given" in denoised.stdout and (elsewhere / "clean.png").is_file()

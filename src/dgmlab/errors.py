@@ -29,6 +29,11 @@ class DgmlabDataError(DgmlabError, RuntimeError):
     """Data could not be loaded or is not what it should be."""
 
 
+class ImageFileError(DgmlabError, ValueError):
+    """An image file cannot be used (missing, empty, not an image, colour, transparent, too small); the message
+    says which and how to fix it."""
+
+
 class MnistNotFoundError(DgmlabDataError):
     """No verified copy of MNIST was found; the message lists what was tried and how to provide one."""
 
@@ -59,6 +64,7 @@ __all__ = [
     "ConfigError",
     "DgmlabDataError",
     "DgmlabError",
+    "ImageFileError",
     "MnistNotFoundError",
     "ModelConfigError",
     "NonFiniteLossError",

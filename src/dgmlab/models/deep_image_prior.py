@@ -133,11 +133,15 @@ class SkipNet(nn.Module):
         """Heights and widths must be multiples of this, :math:`2^L`."""
         return 2**self.levels
 
+    @property
+    def smallest_size(self) -> int:
+        """The smallest height and width it takes: the deepest maps must be wider than the reflection padding and
+        hold more than one value for BatchNorm."""
+        return self.size_multiple * max(2, self.kernel_size // 2 + 1)
+
     def check_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` unless an input of ``height`` x ``width`` fits the levels, naming sizes that do."""
-        multiple = self.size_multiple
-        # the deepest maps must be wider than the reflection padding, and hold more than one value for BatchNorm
-        smallest = multiple * max(2, self.kernel_size // 2 + 1)
+        multiple, smallest = self.size_multiple, self.smallest_size
         if height % multiple or width % multiple or height < smallest or width < smallest:
             examples = ", ".join(str(smallest + step * multiple) for step in range(3))
             if height < smallest or width < smallest:
