@@ -8,8 +8,9 @@ centre crop of ``--crop`` pixels, 0 for the whole image) plus Gaussian noise of 
 seed, not clipped. The methods and where they come from:
 
 * EPLL (Zoran & Weiss 2011): dgmlab.restoration.epll with the prior in ``--prior`` (fitted by
-  benchmarks/patch_prior_gmm.py on the training photographs; without ``--prior`` a mixture of ``--components``
-  is fitted here first) and the paper's schedule, lambda = 64 / sigma^2, beta = (1, 4, 8, 16, 32, 64) / sigma^2;
+  benchmarks/patch_prior_gmm.py on the training photographs, or ``bundled``; without ``--prior`` a mixture of
+  ``--components`` is fitted here first) and the paper's schedule, lambda = 64 / sigma^2,
+  beta = (1, 4, 8, 16, 32, 64) / sigma^2, or ``--betas`` (multiples of 1 / sigma^2);
 * Gaussian filtering (scipy.ndimage.gaussian_filter) and Wiener filtering (scipy.signal.wiener);
 * total variation (skimage.restoration.denoise_tv_chambolle), wavelet shrinkage (denoise_wavelet, BayesShrink,
   the noise level given), non-local means (denoise_nl_means, the noise level given);
@@ -38,7 +39,7 @@ from restoration_setup import load_prior, numbers
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, centre_crop, photograph
 from dgmlab.denoising import classical_denoisers
-from dgmlab.restoration import add_noise, epll, psnr
+from dgmlab.restoration import PAPER_BETAS, add_noise, epll, psnr
 
 SMOKE = {"sigmas": [25], "crop": 48, "images": ["camera"], "components": 4, "train_patches": 4000,
          "tune_crop": 48, "methods": ["epll", "gaussian", "tv"]}
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", type=numbers(str), default=METHODS)
     parser.add_argument("--prior", type=Path, default=None,
                         help="a mixture saved by benchmarks/patch_prior_gmm.py, or bundled (dgmlab.priors)")
+    parser.add_argument("--betas", type=numbers(float), default=list(PAPER_BETAS),
+                        help="EPLL's schedule as multiples of 1/sigma^2 (default the paper's 1,4,8,16,32,64)")
     parser.add_argument("--components", type=int, default=200, help="K of the mixture fitted without --prior")
     parser.add_argument("--train-patches", type=int, default=100_000)
     parser.add_argument("--tune-on", default="astronaut", help="training photograph the baselines are tuned on")
@@ -98,7 +101,7 @@ def main() -> None:
             for method in args.methods:
                 started = time.perf_counter()
                 if method == "epll":
-                    restored = epll(noisy, prior, sigma).image
+                    restored = epll(noisy, prior, sigma, betas=[b / sigma**2 for b in args.betas]).image
                 elif method == "bm3d":
                     import bm3d
 
@@ -117,6 +120,7 @@ def main() -> None:
                                           3) for method in args.methods} for sigma in args.sigmas}
     result = {"benchmark": "denoise_epll", "images": args.images, "crop": args.crop,
               "train_photographs": list(TRAIN_PHOTOGRAPHS), "prior": prior_source,
+              "epll_betas_times_sigma2": args.betas,
               "tuned_on": f"{args.tune_on}, centre crop {args.tune_crop}", "tuned_parameters": tuned,
               "mean_psnr_db": means, "rows": rows, "threads": args.threads, "command": " ".join(sys.argv)}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
