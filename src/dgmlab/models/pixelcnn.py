@@ -1,4 +1,5 @@
-r"""PixelCNN (problem set 2) and the Gated PixelCNN, for binary single-channel images.
+r"""PixelCNN (problem set 2) and the Gated PixelCNN, for binary single-channel images, and a categorical
+PixelCNN for grids of discrete codes (the prior of a VQ-VAE).
 
 References: A. van den Oord, N. Kalchbrenner, K. Kavukcuoglu, *Pixel Recurrent Neural Networks*, ICML 2016
 (2016a: the PixelCNN, masks A and B); A. van den Oord, N. Kalchbrenner, O. Vinyals, L. Espeholt, A. Graves,
@@ -133,6 +134,35 @@ Both draw the uniform noise :math:`u_{rs}` of all pixels up front and set :math:
 \sigma(\ell_{rs})]`, so for the same generator they give identical samples (unless a logit differs in its
 last float bits between the two computations and a :math:`u` falls in between: probability about
 :math:`10^{-7}` per pixel).
+
+Categorical PixelCNN: a prior over grids of discrete codes
+----------------------------------------------------------
+A VQ-VAE encodes an image as a grid :math:`z \in \{0, \dots, K-1\}^{H\times W}` of codebook indices (e.g.
+7x7 codes, :math:`K = 64 \dots 4096`). :class:`CategoricalPixelCNN` models it in the same raster order with a
+softmax over the :math:`K` values at each position:
+
+.. math:: \log p(z) = \sum_{i=1}^{n} \log p(z_i \mid z_{<i}), \qquad
+    p(z_i = k \mid z_{<i}) = \operatorname{softmax}(\ell_i)_k = \frac{e^{\ell_{ik}}}{\sum_{j=0}^{K-1} e^{\ell_{ij}}},
+
+so :math:`\log p(z_i\mid z_{<i}) = \ell_{i z_i} - \operatorname{logsumexp}_j \ell_{ij}`, minus the cross-entropy
+of the logits :math:`\ell_i \in \mathbb R^K` at the observed code. Summing over :math:`z_n` first, then
+:math:`z_{n-1}`, ..., shows :math:`\sum_z p(z) = 1` exactly when :math:`\ell_i` depends on :math:`z_{<i}` alone.
+
+A code is a category, not a number, so it enters as a learned embedding :math:`e_i = E_{z_i} \in \mathbb
+R^{d}` (``nn.Embedding``), a :math:`d`-channel map :math:`[B, d, H, W]`. All :math:`d` channels describe the one
+variable :math:`z_i`: they form **one channel group**, so one spatial mask serves every channel pair (the
+``[1, 1, k, k]`` mask of :class:`MaskedConv2d` is broadcast over them). Type A removes the centre tap for all
+:math:`d` channels at once, so no channel of :math:`e_i` reaches :math:`\ell_i`; type B keeps it in later
+layers, whose centre features already depend on :math:`z_{<i}` only. (A per-channel ordering as for RGB, with
+:math:`d` groups, would let later embedding channels read earlier ones of the same code, a leak.) The gated
+stack is unchanged: its first horizontal kernel (type A) excludes the centre, and the vertical stack reaches
+the horizontal one only after the down-shift. There is no BatchNorm, so the model is exactly autoregressive
+in training mode too.
+
+Sampling draws :math:`u_i \sim U[0, 1)` for every position up front and sets :math:`z_i = \#\{k : F_{ik} \le
+u_i\}` with :math:`F_{ik} = \sum_{j\le k} p(z_i = j\mid z_{<i})` (inverse CDF), so
+:math:`P(z_i = k) = F_{ik} - F_{i,k-1} = p(z_i = k\mid z_{<i})`; one full forward pass per position, on the rows
+filled so far (row :math:`r`'s logits read rows :math:`\le r` only).
 """
 
 from __future__ import annotations
@@ -154,7 +184,8 @@ from dgmlab.utils import is_int as _is_int
 MASK_TYPES: tuple[str, ...] = ("A", "B")
 
 __all__ = [
-    "MASK_TYPES", "GatedLayer", "GatedPixelCNN", "MaskedConv2d", "PixelCNN", "RasterScanModel", "receptive_field",
+    "MASK_TYPES", "CategoricalPixelCNN", "GatedLayer", "GatedPixelCNN", "MaskedConv2d", "PixelCNN", "RasterScanModel",
+    "receptive_field",
 ]
 
 
@@ -253,10 +284,64 @@ def _class_bias(V: Tensor, one_hot: Tensor | None) -> Tensor | float:
     return (one_hot @ V.t())[:, :, None, None]
 
 
+def _labels_one_hot(name: str, num_classes: int, context: Any, batch: int, reference: Tensor) -> Tensor | None:
+    """``context`` (labels ``[batch]`` or one ``int``) as one-hot ``[batch, num_classes]`` in ``reference``'s dtype
+    and device, or ``None`` for an unconditional model (``num_classes = 0``); ``name`` is the model's, for the
+    messages. Raises :class:`CapabilityError` for labels given to an unconditional model or missing from a
+    conditional one, ``ValueError`` for labels of the wrong type, shape or range."""
+    y = context
+    if num_classes == 0:
+        if y is not None:
+            raise CapabilityError(
+                f"{name} is unconditional (num_classes=0) but class labels were given as context=; build it "
+                f"with num_classes=K to condition on labels"
+            )
+        return None
+    if y is None:
+        raise CapabilityError(
+            f"{name} is class-conditional (num_classes={num_classes}): pass labels as context=, a "
+            f"LongTensor of shape [{batch}] with values in 0..{num_classes - 1} (or one int for all)"
+        )
+    if _is_int(y):
+        y = torch.full((batch,), y, dtype=torch.long)
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{name}: context must be an integer tensor of class labels, got {y!r:.80}")
+    if y.shape != (batch,):
+        raise ValueError(f"{name}: context must have shape [{batch}] (one label per image), got {list(y.shape)}")
+    if batch > 0 and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"{name}: labels must lie in 0..{num_classes - 1} (num_classes={num_classes}), "
+            f"got values in {int(y.min())}..{int(y.max())}"
+        )
+    return F.one_hot(y.to(reference.device), num_classes).to(reference.dtype)
+
+
 def _gate(pre_activation: Tensor) -> Tensor:
     """:math:`\\tanh(a_f) \\odot \\sigma(a_g)` with ``(a_f, a_g)`` the two channel halves of the input."""
     filter_half, gate_half = pre_activation.chunk(2, dim=1)
     return torch.tanh(filter_half) * torch.sigmoid(gate_half)
+
+
+def _check_sample_count(owner: str, n: object) -> None:
+    """``n`` (how many examples ``owner.sample`` draws) must be a positive integer."""
+    if not _is_int(n) or n < 1:  # type: ignore[operator]
+        raise ValueError(f"{owner}.sample: n must be a positive integer, got {n!r}")
+
+
+def _check_known_rows(owner: str, known_rows: object, height: int, what: str) -> None:
+    """``known_rows`` (kept by ``owner.complete``) must be an integer in ``0..height``."""
+    if not _is_int(known_rows) or not 0 <= known_rows <= height:  # type: ignore[operator]
+        raise ValueError(
+            f"{owner}.complete: known_rows must be an integer in 0..{height} (the {what} height), got {known_rows!r}"
+        )
+
+
+def _uniform_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+                   dtype: torch.dtype) -> Tensor:
+    r""":math:`u \sim U[0, 1)` of ``shape`` on ``device``, drawn on the generator's device (so that a CPU
+    generator gives the same numbers whatever the model's device)."""
+    noise_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
 
 
 def _channels_last(x: Tensor) -> Tensor:
@@ -311,33 +396,7 @@ class RasterScanModel(nn.Module):
 
     def _one_hot(self, context: Any, batch: int) -> Tensor | None:
         """Validated one-hot labels ``[batch, K]`` in the model's dtype, or ``None`` for an unconditional model."""
-        name = type(self).__name__
-        y = context
-        if self.num_classes == 0:
-            if y is not None:
-                raise CapabilityError(
-                    f"{name} is unconditional (num_classes=0) but class labels were given as context=; build it "
-                    f"with num_classes=K to condition on labels"
-                )
-            return None
-        if y is None:
-            raise CapabilityError(
-                f"{name} is class-conditional (num_classes={self.num_classes}): pass labels as context=, a "
-                f"LongTensor of shape [{batch}] with values in 0..{self.num_classes - 1} (or one int for all)"
-            )
-        if _is_int(y):
-            y = torch.full((batch,), y, dtype=torch.long)
-        if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"{name}: context must be an integer tensor of class labels, got {y!r:.80}")
-        if y.shape != (batch,):
-            raise ValueError(f"{name}: context must have shape [{batch}] (one label per image), got {list(y.shape)}")
-        if batch > 0 and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(
-                f"{name}: labels must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes}), "
-                f"got values in {int(y.min())}..{int(y.max())}"
-            )
-        reference = self._reference_parameter()
-        return F.one_hot(y.to(reference.device), self.num_classes).to(reference.dtype)
+        return _labels_one_hot(type(self).__name__, self.num_classes, context, batch, self._reference_parameter())
 
     def _reference_parameter(self) -> Tensor:
         return next(self.parameters())
@@ -400,8 +459,7 @@ class RasterScanModel(nn.Module):
         the model's ``image_size``. ``fast=True`` uses the row cache, ``fast=False`` one full forward pass
         per pixel; both give the same images for the same ``generator`` (the noise of every pixel is drawn
         up front)."""
-        if not _is_int(n) or n < 1:
-            raise ValueError(f"{type(self).__name__}.sample: n must be a positive integer, got {n!r}")
+        _check_sample_count(type(self).__name__, n)
         height, width = _image_shape(self.image_size if image_size is None else image_size)
         reference = self._reference_parameter()
         canvas = torch.zeros(n, 1, height, width, dtype=reference.dtype, device=reference.device)
@@ -423,11 +481,7 @@ class RasterScanModel(nn.Module):
         """
         x = self._check_images(x)
         height = x.shape[2]
-        if not _is_int(known_rows) or not 0 <= known_rows <= height:
-            raise ValueError(
-                f"{type(self).__name__}.complete: known_rows must be an integer in 0..{height} (the image "
-                f"height), got {known_rows!r}"
-            )
+        _check_known_rows(type(self).__name__, known_rows, height, "image")
         reference = self._reference_parameter()
         canvas = x.detach().to(device=reference.device, dtype=reference.dtype, copy=True)
         canvas[:, :, known_rows:] = 0.0
@@ -439,10 +493,8 @@ class RasterScanModel(nn.Module):
     ) -> Tensor:
         batch, _, height, width = canvas.shape
         one_hot = self._one_hot(y, batch)
-        noise_device = generator.device if generator is not None else canvas.device
         # u_rs for every pixel, drawn before any pixel so that both samplers consume the same numbers
-        noise = torch.rand(batch, height, width, generator=generator, device=noise_device, dtype=canvas.dtype)
-        noise = noise.to(canvas.device)
+        noise = _uniform_noise((batch, height, width), generator, canvas.device, canvas.dtype)
         with eval_mode(self):
             cache = self._start_cache(canvas, one_hot) if fast else None
             for r in range(start_row, height):
@@ -599,6 +651,19 @@ class GatedLayer(nn.Module):
         return v_pre, _gate(v_pre), h_out
 
 
+def _gated_stacks(
+    layers: Sequence[GatedLayer], x: Tensor, one_hot: Tensor | None
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Run gated ``layers`` on ``x`` (both stacks start from it): vertical inputs ``[x, v_1, ..., v_L]``, vertical
+    pre-activations ``[v~_1..v~_L]`` and the last horizontal output ``h_L``."""
+    v_inputs, v_pres, h = [x], [], x
+    for layer in layers:
+        v_pre, v_out, h = layer(v_inputs[-1], h, one_hot)
+        v_pres.append(v_pre)
+        v_inputs.append(v_out)
+    return v_inputs, v_pres, h
+
+
 class GatedPixelCNN(RasterScanModel):
     r"""Gated PixelCNN (van den Oord et al. 2016b) for binary images, returning logits.
 
@@ -639,12 +704,7 @@ class GatedPixelCNN(RasterScanModel):
 
     def _stacks(self, x: Tensor, one_hot: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Vertical inputs ``[x, v_1, ..., v_L]``, vertical pre-activations ``[v~_1..v~_L]``, last ``h``."""
-        v_inputs, v_pres, h = [x], [], x
-        for layer in self.layers:
-            v_pre, v_out, h = layer(v_inputs[-1], h, one_hot)
-            v_pres.append(v_pre)
-            v_inputs.append(v_out)
-        return v_inputs, v_pres, h
+        return _gated_stacks(self.layers, x, one_hot)
 
     def _logits(self, x: Tensor, one_hot: Tensor | None) -> Tensor:
         return self.head(self._stacks(x, one_hot)[2])
@@ -672,6 +732,215 @@ class GatedPixelCNN(RasterScanModel):
             above = v_pres[index][:, :, row - 1 : row] if row > 0 else torch.zeros_like(v_pres[index][:, :, :1])
             h = layer.horizontal_out(h, layer.horizontal_pre(h, above, one_hot))
         return self.head(h)[:, 0, 0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Categorical PixelCNN: a prior over code grids
+# ----------------------------------------------------------------------------------------------------------
+class CategoricalPixelCNN(nn.Module):
+    r"""An autoregressive prior over grids of discrete codes :math:`z \in \{0..K-1\}^{H\times W}` (a VQ-VAE's
+    code grid), in raster order with a softmax over the :math:`K` values (module docstring):
+
+    .. math:: \log p(z \mid y) = \sum_{i} \log p(z_i \mid z_{<i}, y), \qquad
+        p(z_i = k\mid z_{<i}, y) = \operatorname{softmax}_k(\ell_i).
+
+    ``CategoricalPixelCNN(num_codes, image_size=7, *, channels=64, num_layers=6, kernel_size=5,
+    hidden_kernel=3, embedding_dim=32, gated=True, num_classes=0)``: ``num_codes`` is :math:`K`;
+    ``image_size`` an ``int`` or ``(H, W)``, the grid that :meth:`sample` draws (the network takes any size).
+    Each code is embedded (``nn.Embedding(K, embedding_dim)``, the channels of the first layer), then
+
+    * ``gated=True``: ``num_layers`` :class:`GatedLayer` s, the first with ``kernel_size`` (horizontal type A),
+      the rest with ``hidden_kernel``; vertical reach :math:`R = 1 + c_1 + c(L-1)` rows, no blind spot. The
+      defaults (:math:`R = 8`, :math:`c_1 + c(L-1) = 7` columns either side) see every earlier code of a 7x7
+      grid;
+    * ``gated=False``: one type-A ``kernel_size`` :class:`MaskedConv2d` and ``num_layers - 1`` type-B
+      ``hidden_kernel`` ones, each followed by ReLU (no BatchNorm); reach :math:`c_1 + c(L-1)`, with the blind
+      spot of the PixelCNN;
+
+    and a head ReLU, 1x1 conv, ReLU, 1x1 conv to :math:`K` logits per position. ``num_classes = C > 0`` adds the
+    class bias :math:`V h_y` (zero at initialisation) to every layer's pre-activation, as in the binary models;
+    labels are then passed as ``context=``. ``CategoricalPixelCNN(512)`` has 576,704 parameters (+ 2 x 128 x
+    ``C`` per layer with labels).
+
+    Shapes: codes ``[B, H, W]`` (integers) -> logits ``[B, K, H, W]`` (:meth:`forward`), ``[B, H, W]``
+    (:meth:`log_prob_per_dimension`), ``[B]`` (:meth:`log_prob`, nats, the loss of the ``nll`` objective).
+    """
+
+    def __init__(
+        self,
+        num_codes: int,
+        image_size: int | Sequence[int] = 7,
+        *,
+        channels: int = 64,
+        num_layers: int = 6,
+        kernel_size: int = 5,
+        hidden_kernel: int = 3,
+        embedding_dim: int = 32,
+        gated: bool = True,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        _check_int(num_codes, "num_codes (the codebook size K; a single code carries no information)", name, 2)
+        _check_int(embedding_dim, "embedding_dim", name, 1)
+        _check_int(channels, "channels", name, 1)
+        _check_int(num_layers, "num_layers", name, 1)
+        _check_kernel(kernel_size, "kernel_size (first, type-A layer)", name, minimum=3)
+        _check_kernel(hidden_kernel, "hidden_kernel", name)
+        _check_int(num_classes, "num_classes (0 for an unconditional model)", name, 0)
+        if not isinstance(gated, bool):
+            raise ModelConfigError(f"{name}: gated must be True (gated stacks, no blind spot) or False (masked "
+                                   f"convolutions), got {gated!r}")
+        try:
+            self.image_size = _image_shape(image_size)
+        except ValueError as error:
+            raise ModelConfigError(f"{name}: {error} (the code grid that sample() draws)") from None
+        self.num_codes, self.embedding_dim, self.num_classes = num_codes, embedding_dim, num_classes
+        self.channels, self.num_layers, self.gated = channels, num_layers, gated
+        self.kernel_size, self.hidden_kernel = kernel_size, hidden_kernel
+        # E: code k -> e = E_k in R^d
+        self.embedding = nn.Embedding(num_codes, embedding_dim)
+        if gated:
+            self.layers = nn.ModuleList(
+                [GatedLayer(embedding_dim, channels, kernel_size, first=True, num_classes=num_classes)]
+                + [GatedLayer(channels, channels, hidden_kernel, first=False, num_classes=num_classes)
+                   for _ in range(num_layers - 1)]
+            )
+        else:
+            # one channel group: the [1, 1, k, k] mask is shared by all d embedding channels
+            self.layers = nn.ModuleList(
+                [MaskedConv2d(embedding_dim, channels, kernel_size, "A")]
+                + [MaskedConv2d(channels, channels, hidden_kernel, "B") for _ in range(num_layers - 1)]
+            )
+            self.V = nn.ParameterList(
+                nn.Parameter(torch.zeros(channels, num_classes)) for _ in range(num_layers if num_classes else 0)
+            )
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, num_codes, 1)
+        )
+        self.to(memory_format=torch.channels_last)  # as the binary models (see _channels_last)
+
+    @property
+    def receptive_field_reach(self) -> int:
+        """How many rows above the current one can influence its logits (:math:`R` in the module docstring)."""
+        reach = self.kernel_size // 2 + (self.num_layers - 1) * (self.hidden_kernel // 2)
+        return reach + 1 if self.gated else reach
+
+    # -- inputs --------------------------------------------------------------------------------------------
+    def _check_codes(self, codes: Any, name: str = "codes") -> Tensor:
+        """``codes`` as a LongTensor ``[B, H, W]`` of values in ``0..K-1``, or a ``ValueError`` saying how to fix it."""
+        model = type(self).__name__
+        if not isinstance(codes, Tensor):
+            raise ValueError(f"{model}: {name} must be a tensor of code indices [B, H, W], got {type(codes).__name__}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(
+                f"{model}: {name} must be an integer tensor of code indices (torch.long), got {codes.dtype}; "
+                f"convert with codes.long() (the indices a VQ-VAE's quantiser returns, not the code vectors)"
+            )
+        if codes.dim() != 3 or codes.shape[1] < 1 or codes.shape[2] < 1:
+            raise ValueError(
+                f"{model}: {name} must be a grid of code indices of shape [B, H, W], got {list(codes.shape)}; "
+                f"use codes.squeeze(1) for [B, 1, H, W] and codes.view(-1, H, W) for flat [B, H*W]"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_codes):
+            raise ValueError(
+                f"{model}: {name} must lie in 0..{self.num_codes - 1} (num_codes={self.num_codes}), got values in "
+                f"{int(codes.min())}..{int(codes.max())}; build the model with num_codes = the codebook size"
+            )
+        return codes.long()
+
+    def _one_hot(self, context: Any, batch: int) -> Tensor | None:
+        return _labels_one_hot(type(self).__name__, self.num_classes, context, batch, self.embedding.weight)
+
+    # -- the density ---------------------------------------------------------------------------------------
+    def _logits(self, codes: Tensor, one_hot: Tensor | None) -> Tensor:
+        # e_i = E_{z_i}: [B, H, W, d] viewed as [B, d, H, W] (channels-last in memory)
+        features = self.embedding(codes).permute(0, 3, 1, 2)
+        if self.gated:
+            features = _gated_stacks(self.layers, features, one_hot)[2]
+        else:
+            for layer, conv in enumerate(self.layers):
+                pre_activation = conv(features)
+                if one_hot is not None:
+                    # conv(a) + V h_y, broadcast over positions
+                    pre_activation = pre_activation + _class_bias(self.V[layer], one_hot)
+                features = F.relu(pre_activation)
+        return self.head(features)
+
+    def forward(self, codes: Tensor, *, context: Tensor | int | None = None) -> Tensor:
+        """Logits :math:`\\ell` ``[B, K, H, W]`` of :math:`p(z_i = k\\mid z_{<i}, y)`; ``codes`` ``[B, H, W]``;
+        ``context`` the labels :math:`y` ``[B]`` (class-conditional models only)."""
+        codes = self._check_codes(codes)
+        return self._logits(codes, self._one_hot(context, codes.shape[0]))
+
+    def log_prob_per_dimension(self, codes: Tensor, *, context: Tensor | int | None = None) -> Tensor:
+        """:math:`\\log p(z_i\\mid z_{<i}, y) = \\ell_{i z_i} - \\operatorname{logsumexp}_k \\ell_{ik}` in nats,
+        ``[B, H, W]`` (the shape of ``codes``); sums to :meth:`log_prob`."""
+        codes = self._check_codes(codes)
+        logits = self._logits(codes, self._one_hot(context, codes.shape[0]))
+        # log softmax(l_i)[z_i] = -CE(l_i, z_i)
+        return -F.cross_entropy(logits, codes, reduction="none")
+
+    def log_prob(self, codes: Tensor, *, context: Tensor | int | None = None) -> Tensor:
+        """:math:`\\log p(z\\mid y) = \\sum_i \\log p(z_i\\mid z_{<i}, y)` in nats per grid, ``[B]``."""
+        return self.log_prob_per_dimension(codes, context=context).sum(dim=(1, 2))
+
+    # -- sampling ------------------------------------------------------------------------------------------
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        context: Tensor | int | None = None,
+        image_size: int | tuple[int, int] | None = None,
+    ) -> Tensor:
+        """``n`` code grids ``[n, H, W]`` (``torch.long``) drawn position by position in raster order.
+
+        ``generator`` makes the draw reproducible (one uniform per position, drawn up front, turned into a code
+        by the inverse CDF: module docstring). ``context``: labels ``[n]`` or one ``int`` (class-conditional
+        models only). ``image_size``: ``int`` or ``(H, W)``, default the model's. Runs in evaluation mode and
+        restores every submodule's mode afterwards."""
+        _check_sample_count(type(self).__name__, n)
+        height, width = _image_shape(self.image_size if image_size is None else image_size)
+        canvas = torch.zeros(n, height, width, dtype=torch.long, device=self.embedding.weight.device)
+        return self._fill(canvas, 0, context, generator)
+
+    def complete(
+        self,
+        codes: Tensor,
+        known_rows: int,
+        *,
+        generator: torch.Generator | None = None,
+        context: Tensor | int | None = None,
+    ) -> Tensor:
+        """Keep the first ``known_rows`` rows of ``codes`` ``[B, H, W]`` and sample the rest in raster order.
+
+        Returns a new LongTensor ``[B, H, W]``; ``complete(codes, 0)`` equals ``sample(B)`` for the same
+        generator."""
+        codes = self._check_codes(codes)
+        height = codes.shape[1]
+        _check_known_rows(type(self).__name__, known_rows, height, "grid")
+        canvas = codes.detach().to(device=self.embedding.weight.device, copy=True)
+        canvas[:, known_rows:] = 0
+        return self._fill(canvas, known_rows, context, generator)
+
+    @torch.no_grad()
+    def _fill(self, canvas: Tensor, start_row: int, context: Any, generator: torch.Generator | None) -> Tensor:
+        batch, height, width = canvas.shape
+        one_hot = self._one_hot(context, batch)
+        # u_i ~ U[0, 1) for every position, drawn before any code
+        noise = _uniform_noise((batch, height, width), generator, canvas.device, torch.float64)
+        with eval_mode(self):
+            for r in range(start_row, height):
+                for s in range(width):
+                    # row r's logits read rows <= r only: the rows below are left out
+                    logits = self._logits(canvas[:, : r + 1], one_hot)[:, :, r, s]
+                    # F_ik = sum_{j <= k} p(z_i = j | z_<i)
+                    cdf = torch.softmax(logits.double(), dim=1).cumsum(dim=1)
+                    # z_i = #{k : F_ik <= u_i}, so P(z_i = k) = F_ik - F_i,k-1 (clamped: F_i,K-1 may round below u_i)
+                    code = torch.searchsorted(cdf, noise[:, r, s, None].contiguous(), right=True)[:, 0]
+                    canvas[:, r, s] = code.clamp_(max=self.num_codes - 1)
+        return canvas
 
 
 # ----------------------------------------------------------------------------------------------------------
