@@ -66,6 +66,7 @@ from dgmlab.objectives import (
     negative_elbo,
     pset_mse_kl,
     reconstruction_mse,
+    vqvae_loss,
 )
 from dgmlab.train import TrainSettings
 
@@ -370,6 +371,10 @@ def _nll(cfg: dict[str, Any]) -> Objective:
     return lambda model, batch: exact_nll(model, _first(batch), levels=levels)
 
 
+def _vqvae(cfg: dict[str, Any]) -> Objective:
+    return lambda model, batch: vqvae_loss(model, _first(batch))
+
+
 def _check_kl(kl: str) -> None:
     if kl not in KL_ESTIMATORS:
         raise ConfigError(f"objective.kl must be one of {', '.join(KL_ESTIMATORS)}, got {kl!r}")
@@ -380,6 +385,7 @@ OBJECTIVES: dict[str, Callable[[dict[str, Any]], Objective]] = {
     "pset_mse_kl": _pset,
     "reconstruction_mse": _mse,
     "nll": _nll,
+    "vqvae": _vqvae,
 }
 
 

@@ -289,3 +289,30 @@ def _importance_weighted_bound_flow(model: FlowPosterior, x: Tensor, num_samples
     assert running is not None
     # log (1/k) sum_i w_i
     return running - math.log(num_samples)
+
+
+def vqvae_loss(model: torch.nn.Module, x: Tensor) -> LossTerms:
+    r"""VQ-VAE's objective per image (van den Oord et al. 2017, eq. 3), in nats:
+    :math:`-\log p(x\mid z_q(x)) + \lVert\operatorname{sg}[z_e] - e\rVert^2 + \beta\lVert z_e - \operatorname{sg}[e]
+    \rVert^2`, the reconstruction plus the quantizer's terms (:attr:`QuantizerOutput.losses
+    <dgmlab.models.quantizers.QuantizerOutput>`: ``codebook`` and ``commitment`` for VQ, ``commitment`` alone with
+    an EMA codebook, none for FSQ, ``entropy`` and ``commitment`` for LFQ; each summed over the image's code grid
+    and averaged over the batch, so every image of a batch carries the batch's value). Also logs the batch's code
+    ``perplexity`` :math:`\exp H(\hat p)` of the code histogram :math:`\hat p` and ``usage``, the fraction of the
+    :math:`K` codes used at least once in the batch (both depend on the batch size)."""
+    out = model(x)
+    reconstruction = -model.log_likelihood(x, _full(out.logits))
+    batch = reconstruction.shape[0]
+    terms: dict[str, Tensor] = {"reconstruction": reconstruction}
+    units = {"loss": "nats per image (reconstruction) + quantizer terms", "reconstruction": "nats per image"}
+    loss = reconstruction
+    for name, value in out.quantized.losses.items():
+        value = _full(value).expand(batch)
+        terms[name] = value
+        units[name] = "squared distance per image" if name in ("codebook", "commitment") else "per image"
+        loss = loss + value
+    terms["perplexity"] = out.quantized.perplexity.detach().float().expand(batch)
+    terms["usage"] = out.quantized.usage.detach().float().expand(batch)
+    units["perplexity"] = "codes (exp of the entropy of one batch's code histogram)"
+    units["usage"] = "fraction of the codes used in one batch"
+    return LossTerms(loss=loss, terms=terms, units=units)

@@ -17,7 +17,7 @@ from dgmlab.models.deep_image_prior import SkipNet
 from dgmlab.models.flow_vae import PlanarVAE
 from dgmlab.models.flows import Glow
 from dgmlab.models.mixtures import GaussianMixture, em_fit, kmeans
-from dgmlab.models.pixelcnn import GatedPixelCNN, MaskedConv2d, PixelCNN, receptive_field
+from dgmlab.models.pixelcnn import CategoricalPixelCNN, GatedPixelCNN, MaskedConv2d, PixelCNN, receptive_field
 from dgmlab.models.point_vae import POINT_DECODERS, PointVAE, PositionalEncoding3D
 from dgmlab.models.protocols import (
     Autoencoder,
@@ -32,6 +32,7 @@ from dgmlab.models.protocols import (
     Sampler,
     context_classes,
 )
+from dgmlab.models.vqvae import VQVAE
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"ae": AE, "vae": VAE}
 MODELS["point_vae"] = PointVAE  # decoder="cartesian" | "polar" | "torus"
@@ -39,6 +40,7 @@ MODELS["point_vae"] = PointVAE  # decoder="cartesian" | "polar" | "torus"
 MODELS.update({"fvsbn": FVSBN, "bengio": BengioNet, "nade": NADE, "made": MADE, "pixelcnn": PixelCNN,
                "gated_pixelcnn": GatedPixelCNN})
 MODELS["glow"] = Glow  # normalizing flows on dequantized images: permutation="shuffle" gives RealNVP
+MODELS["vqvae"] = VQVAE  # discrete latents: a grid of codes (quantizer = "vq" | "vq_ema" | "fsq" | "lfq")
 # the MLP models take the number of binary variables D, which a config gets from its data
 INPUT_DIM_ARGUMENT: dict[str, str] = {"ae": "input_dim", "vae": "input_dim", "point_vae": "input_dim",
                                       "fvsbn": "num_inputs", "bengio": "num_inputs", "nade": "num_inputs",
@@ -101,7 +103,8 @@ __all__ += ["Autoencoder", "Completer", "ConditionalModel", "DataInitialized", "
             "LatentVariableModel", "PerDimensionDensity", "Sampler", "context_classes"]
 __all__ += ["POINT_DECODERS", "PointVAE", "PositionalEncoding3D", "INPUT_DIM_ARGUMENT"]
 __all__ += ["FVSBN", "BengioNet", "NADE", "MADE", "all_binary_configurations"]
-__all__ += ["PixelCNN", "GatedPixelCNN", "MaskedConv2d", "receptive_field"]
+__all__ += ["PixelCNN", "GatedPixelCNN", "CategoricalPixelCNN", "MaskedConv2d", "receptive_field"]
+__all__ += ["VQVAE"]
 __all__ += ["FlowPosterior", "PlanarVAE"]
 __all__ += ["GaussianMixture", "em_fit", "kmeans"]  # fitted by EM (dgmlab.models.mixtures), not by the trainer
 __all__ += ["SkipNet"]  # fitted to one image by dgmlab.restoration.deep_image_prior, not by the trainer
