@@ -5,6 +5,7 @@ resume of the codebook's state."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,9 +14,9 @@ import torch.nn.functional as F
 from dgmlab.cli import main
 from dgmlab.data import TensorBatches
 from dgmlab.errors import ModelConfigError
-from dgmlab.models import VQVAE, build_model
+from dgmlab.models import VQVAE, VQVAEPrior, build_model
 from dgmlab.models.protocols import Autoencoder, DensityModel, ImageModel, Sampler
-from dgmlab.objectives import vqvae_loss
+from dgmlab.objectives import vqvae_loss, vqvae_prior_nll
 from dgmlab.train import TrainSettings, fit
 
 
@@ -140,3 +141,77 @@ def test_the_bundled_config_trains_and_evaluates_through_the_cli(tmp_path, capsy
     assert results["objective"] == "vqvae" and results["test"]["reconstruction"] > 0
     assert main(["sample", str(run)]) == 2
     assert "cannot sample (it has no prior)" in capsys.readouterr().err
+
+    # the second stage: a prior over the frozen VQ-VAE's codes, then samples and the bound
+    prior_run = tmp_path / "prior"
+    assert main(["train", "--config", "vqvae_prior", "--out", str(prior_run), "--epochs", "1",
+                 "--set", f"model.vqvae_run={str(run)!r}", "--set", "model.channels=8", "--set", "model.num_layers=2",
+                 "--set", "data.limit=256", "--set", "data.test_limit=128", "--no-progress"]) == 0
+    record = json.loads((prior_run / "metrics.jsonl").read_text().splitlines()[0])
+    test = record["test"]
+    assert test["nll"] == pytest.approx(test["reconstruction"] + test["prior_nll"])
+    assert test["bits_per_dim"] == pytest.approx(test["nll"] / (784 * math.log(2)))
+    capsys.readouterr()
+    assert main(["eval", str(prior_run)]) == 0
+    assert json.loads(capsys.readouterr().out)["test"]["nll"] == pytest.approx(test["nll"], rel=1e-5)
+    assert main(["sample", str(prior_run), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _trained_vqvae_run(tmp_path, quantizer="vq_ema"):
+    from dgmlab.checkpoint import save_checkpoint
+
+    model = small(quantizer, quantizer_options={"restart_after": 1} if quantizer != "fsq" else None,
+                  **({"levels": [3, 2], "num_codes": None, "code_dim": None} if quantizer == "fsq" else {}))
+    run = tmp_path / "stage1"
+    run.mkdir()
+    table = {"name": "vqvae", "quantizer": quantizer, "hidden": 8, "residual_blocks": 1}
+    table.update({"levels": [3, 2], "num_codes": None, "code_dim": None} if quantizer == "fsq" else
+                 {"num_codes": 16, "code_dim": 4, "quantizer_options": {"restart_after": 1}})
+    (run / "config.json").write_text(json.dumps({"model": {k: v for k, v in table.items() if v is not None}}))
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(run / "checkpoint", model, optimizer, epoch=1, step=0)
+    return model, run
+
+
+def test_the_prior_stage_keeps_the_vqvae_frozen_and_bounds_the_likelihood(tmp_path):
+    stage1, run = _trained_vqvae_run(tmp_path)
+    model = VQVAEPrior(str(run), channels=8, num_layers=2)
+    before = {k: v.clone() for k, v in model.vqvae.state_dict().items()}
+    assert all(torch.equal(before[k], v) for k, v in stage1.state_dict().items())  # the run's weights
+    x = images(16, seed=2)
+    prior_before = {k: v.clone() for k, v in model.prior.state_dict().items()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        vqvae_prior_nll(model, x).loss.mean().backward()
+        optimizer.step()
+    after = model.vqvae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no EMA update, no restart, no gradient step
+    assert not model.vqvae.training and model.prior.training
+    assert any(not torch.equal(prior_before[k], v) for k, v in model.prior.state_dict().items())
+    reconstruction, prior = model.bound_terms(x)
+    assert torch.allclose(model.log_prob(x), reconstruction + prior)
+    assert torch.allclose(prior, model.prior.log_prob(model.vqvae.codes(x)))
+    terms = vqvae_prior_nll(model, x)
+    assert torch.allclose(terms.loss, -prior) and torch.allclose(terms.terms["nll"], -(reconstruction + prior))
+    assert bool((terms.terms["nll"] > 0).all())
+
+
+def test_prior_samples_are_decoded_code_grids(tmp_path):
+    _, run = _trained_vqvae_run(tmp_path, quantizer="fsq")
+    model = VQVAEPrior(str(run), channels=8, num_layers=2).eval()
+    first = model.sample(3, generator=torch.Generator().manual_seed(1))
+    again = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert first.shape == (3, 1, 28, 28) and torch.equal(first, again)
+    assert 0 <= float(first.min()) and float(first.max()) <= 1
+    assert isinstance(model, DensityModel) and isinstance(model, Sampler)
+
+
+def test_the_prior_stage_needs_a_vqvae_run(tmp_path):
+    with pytest.raises(ModelConfigError, match="is not a run directory \\(no config.json\\); train the VQ-VAE first"):
+        VQVAEPrior(str(tmp_path / "missing"))
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"name": "vae"}}))
+    with pytest.raises(ModelConfigError, match="holds no VQ-VAE"):
+        VQVAEPrior(str(tmp_path))

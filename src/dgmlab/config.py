@@ -67,6 +67,7 @@ from dgmlab.objectives import (
     pset_mse_kl,
     reconstruction_mse,
     vqvae_loss,
+    vqvae_prior_nll,
 )
 from dgmlab.train import TrainSettings
 
@@ -375,6 +376,10 @@ def _vqvae(cfg: dict[str, Any]) -> Objective:
     return lambda model, batch: vqvae_loss(model, _first(batch))
 
 
+def _vqvae_prior(cfg: dict[str, Any]) -> Objective:
+    return lambda model, batch: vqvae_prior_nll(model, _first(batch))
+
+
 def _check_kl(kl: str) -> None:
     if kl not in KL_ESTIMATORS:
         raise ConfigError(f"objective.kl must be one of {', '.join(KL_ESTIMATORS)}, got {kl!r}")
@@ -386,6 +391,7 @@ OBJECTIVES: dict[str, Callable[[dict[str, Any]], Objective]] = {
     "reconstruction_mse": _mse,
     "nll": _nll,
     "vqvae": _vqvae,
+    "vqvae_prior": _vqvae_prior,
 }
 
 

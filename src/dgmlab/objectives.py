@@ -316,3 +316,20 @@ def vqvae_loss(model: torch.nn.Module, x: Tensor) -> LossTerms:
     units["perplexity"] = "codes (exp of the entropy of one batch's code histogram)"
     units["usage"] = "fraction of the codes used in one batch"
     return LossTerms(loss=loss, terms=terms, units=units)
+
+
+def vqvae_prior_nll(model: torch.nn.Module, x: Tensor) -> LossTerms:
+    r"""The second stage of VQ-VAE: the prior's negative log-likelihood of the frozen VQ-VAE's code grids,
+    :math:`-\log p_\psi(z_q(x))` (what trains the prior), and the bound it gives,
+    :math:`-\log p(x) \le -\log p(x\mid z_q(x)) - \log p_\psi(z_q(x))` (``nll``, an upper bound on the NLL, with
+    ``bits_per_dim`` = nll / (D ln 2)), per image in nats; ``reconstruction`` is the frozen first term."""
+    reconstruction, prior = model.bound_terms(x)
+    prior_nll = -_full(prior)
+    nll = -_full(reconstruction) + prior_nll
+    dims = x[0].numel()
+    return LossTerms(loss=prior_nll,
+                     terms={"prior_nll": prior_nll, "reconstruction": -_full(reconstruction), "nll": nll,
+                            "bits_per_dim": nll / (dims * math.log(2.0))},
+                     units={"loss": "nats per code grid", "prior_nll": "nats per code grid",
+                            "reconstruction": "nats per image", "nll": "nats per image (upper bound: the ELBO)",
+                            "bits_per_dim": "bits per dimension (upper bound)"})

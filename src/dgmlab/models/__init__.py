@@ -32,7 +32,7 @@ from dgmlab.models.protocols import (
     Sampler,
     context_classes,
 )
-from dgmlab.models.vqvae import VQVAE
+from dgmlab.models.vqvae import VQVAE, VQVAEPrior
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"ae": AE, "vae": VAE}
 MODELS["point_vae"] = PointVAE  # decoder="cartesian" | "polar" | "torus"
@@ -41,6 +41,7 @@ MODELS.update({"fvsbn": FVSBN, "bengio": BengioNet, "nade": NADE, "made": MADE, 
                "gated_pixelcnn": GatedPixelCNN})
 MODELS["glow"] = Glow  # normalizing flows on dequantized images: permutation="shuffle" gives RealNVP
 MODELS["vqvae"] = VQVAE  # discrete latents: a grid of codes (quantizer = "vq" | "vq_ema" | "fsq" | "lfq")
+MODELS["vqvae_prior"] = VQVAEPrior  # its second stage: a categorical PixelCNN over a trained VQ-VAE's codes
 # the MLP models take the number of binary variables D, which a config gets from its data
 INPUT_DIM_ARGUMENT: dict[str, str] = {"ae": "input_dim", "vae": "input_dim", "point_vae": "input_dim",
                                       "fvsbn": "num_inputs", "bengio": "num_inputs", "nade": "num_inputs",
@@ -104,7 +105,7 @@ __all__ += ["Autoencoder", "Completer", "ConditionalModel", "DataInitialized", "
 __all__ += ["POINT_DECODERS", "PointVAE", "PositionalEncoding3D", "INPUT_DIM_ARGUMENT"]
 __all__ += ["FVSBN", "BengioNet", "NADE", "MADE", "all_binary_configurations"]
 __all__ += ["PixelCNN", "GatedPixelCNN", "CategoricalPixelCNN", "MaskedConv2d", "receptive_field"]
-__all__ += ["VQVAE"]
+__all__ += ["VQVAE", "VQVAEPrior"]
 __all__ += ["FlowPosterior", "PlanarVAE"]
 __all__ += ["GaussianMixture", "em_fit", "kmeans"]  # fitted by EM (dgmlab.models.mixtures), not by the trainer
 __all__ += ["SkipNet"]  # fitted to one image by dgmlab.restoration.deep_image_prior, not by the trainer

@@ -34,7 +34,7 @@ from dgmlab.errors import ModelConfigError
 from dgmlab.models.quantizers import QUANTIZERS, Quantizer, QuantizerOutput, build_quantizer
 from dgmlab.utils import check_int
 
-__all__ = ["VQVAE", "VQVAEOutput"]
+__all__ = ["VQVAE", "VQVAEOutput", "VQVAEPrior"]
 
 
 class VQVAEOutput(NamedTuple):
@@ -59,8 +59,9 @@ class VQVAE(nn.Module):
     r"""VQ-VAE for binary images (see the module's equations).
 
     ``quantizer``: a name of :data:`~dgmlab.models.quantizers.QUANTIZERS` (``"vq"``, ``"vq_ema"``, ``"fsq"``,
-    ``"lfq"``). ``num_codes`` :math:`K` and ``code_dim`` :math:`d` for VQ; for FSQ ``levels`` (then
-    :math:`d` = ``len(levels)`` and :math:`K = \prod_i L_i`); for LFQ ``code_dim`` (:math:`K = 2^d`).
+    ``"lfq"``). ``num_codes`` :math:`K` and ``code_dim`` :math:`d` for VQ (default 512 and 16); for FSQ ``levels``
+    (then :math:`d` = ``len(levels)`` and :math:`K = \prod_i L_i`); for LFQ ``code_dim`` (default 10;
+    :math:`K = 2^d`).
     ``quantizer_options``: further keywords of the quantizer (``beta``, ``decay``, ``restart_after``,
     ``entropy_weight``...). ``hidden``: the convolutions' channels; ``residual_blocks`` per side;
     ``image_size``: the images' side (a multiple of 4).
@@ -70,7 +71,7 @@ class VQVAE(nn.Module):
     :class:`~dgmlab.models.protocols.Autoencoder` surface, so runs draw reconstructions and the codes);
     ``codes(x)`` the code indices ``[B, h, w]`` and ``decode_codes(indices)`` their logits."""
 
-    def __init__(self, quantizer: str = "vq", num_codes: int | None = 512, code_dim: int | None = 16, *,
+    def __init__(self, quantizer: str = "vq", num_codes: int | None = None, code_dim: int | None = None, *,
                  levels: list[int] | None = None, quantizer_options: Mapping[str, Any] | None = None,
                  hidden: int = 64, residual_blocks: int = 2, image_size: int = 28) -> None:
         super().__init__()
@@ -99,15 +100,14 @@ class VQVAE(nn.Module):
             if levels is not None:
                 raise ModelConfigError(f"{owner}: levels belong to the fsq quantizer; drop them for {quantizer!r}")
             if code_dim is None:
-                raise ModelConfigError(f"{owner}: {quantizer} needs code_dim, the channels of each code")
+                code_dim = 10 if quantizer == "lfq" else 16
             if quantizer == "lfq":
                 if num_codes is not None and num_codes != 2**code_dim:
                     raise ModelConfigError(f"{owner}: lfq has K = 2**code_dim = {2**code_dim} codes; drop "
                                            f"num_codes or make it {2**code_dim}")
                 self.quantizer = build_quantizer("lfq", code_dim=code_dim, **options)
             else:
-                if num_codes is None:
-                    raise ModelConfigError(f"{owner}: {quantizer} needs num_codes, the codebook size K")
+                num_codes = 512 if num_codes is None else num_codes
                 self.quantizer = build_quantizer(quantizer, num_codes=num_codes, code_dim=code_dim, **options)
         self.quantizer_name = quantizer
         self.num_codes = self.quantizer.codebook_size
@@ -167,3 +167,81 @@ class VQVAE(nn.Module):
         r"""The reconstruction :math:`\operatorname{sigmoid}(\eta)` ``[B, 1, H, W]`` of a flattened code grid."""
         grid = code.reshape(len(code), self.latent_channels, *self.grid_shape)
         return torch.sigmoid(self.decoder(grid))
+
+
+class VQVAEPrior(nn.Module):
+    r"""VQ-VAE's second stage: an autoregressive prior :math:`p_\psi(z)` over the code grids of a trained VQ-VAE,
+    a :class:`~dgmlab.models.pixelcnn.CategoricalPixelCNN`, with the VQ-VAE frozen.
+
+    ``vqvae_run``: the run directory of a trained :class:`VQVAE` (``dgmlab train --config vqvae``); its
+    ``config.json`` builds the VQ-VAE and its checkpoint gives the weights (this model's own checkpoint holds
+    them too). The other arguments are the prior's (``channels``, ``num_layers``, ``kernel_size``,
+    ``embedding_dim``, ``gated``). The VQ-VAE stays in evaluation mode and is never trained: its codebook does not
+    move.
+
+    ``log_prob(x)`` is the bound :math:`\log p(x) \ge \log p(x\mid z_q(x)) + \log p_\psi(z_q(x))` in nats (a
+    deterministic posterior: the KL to the prior is :math:`-\log p_\psi(z_q)`), not an exact likelihood;
+    ``sample(n)`` draws code grids from the prior and returns the decoder's means
+    :math:`\operatorname{sigmoid}(\eta)` ``[n, 1, H, W]``."""
+
+    def __init__(self, vqvae_run: str, *, channels: int = 64, num_layers: int = 6, kernel_size: int = 5,
+                 embedding_dim: int = 32, gated: bool = True) -> None:
+        super().__init__()
+        from dgmlab.models.pixelcnn import CategoricalPixelCNN
+
+        self.vqvae_run = str(vqvae_run)
+        self.vqvae = _load_vqvae(self.vqvae_run)
+        self.vqvae.requires_grad_(False)
+        self.vqvae.eval()
+        self.prior = CategoricalPixelCNN(self.vqvae.num_codes, self.vqvae.grid_shape, channels=channels,
+                                         num_layers=num_layers, kernel_size=kernel_size,
+                                         embedding_dim=embedding_dim, gated=gated)
+        self.image_shape = self.vqvae.image_shape
+
+    def train(self, mode: bool = True) -> VQVAEPrior:
+        super().train(mode)
+        self.vqvae.eval()  # frozen: no EMA updates, no restarts
+        return self
+
+    def bound_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        r"""(:math:`\log p(x\mid z_q(x))`, :math:`\log p_\psi(z_q(x))`), each ``[B]`` in nats."""
+        with torch.no_grad():
+            indices = self.vqvae.codes(x)
+            logits = self.vqvae.decode_codes(indices)
+            reconstruction = self.vqvae.log_likelihood(x, logits.float())
+        return reconstruction, self.prior.log_prob(indices)
+
+    def log_prob(self, x: Tensor, *, context: Any = None) -> Tensor:
+        """The ELBO of ``x`` ``[B, 1, H, W]`` (see the class docstring), ``[B]`` in nats."""
+        from dgmlab.models.protocols import reject_context
+
+        reject_context(self, context)
+        reconstruction, prior = self.bound_terms(x)
+        return reconstruction + prior
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, context: Any = None) -> Tensor:
+        """``n`` images: code grids drawn from the prior, decoded to their means ``[n, 1, H, W]``."""
+        from dgmlab.models.protocols import reject_context
+
+        reject_context(self, context)
+        indices = self.prior.sample(n, generator=generator)
+        return torch.sigmoid(self.vqvae.decode_codes(indices))
+
+
+def _load_vqvae(run: str) -> VQVAE:
+    from pathlib import Path
+
+    from dgmlab.checkpoint import load_weights
+    from dgmlab.config import load_config
+
+    directory = Path(run)
+    if not (directory / "config.json").is_file():
+        raise ModelConfigError(f"VQVAEPrior: vqvae_run = {run!r} is not a run directory (no config.json); train the "
+                               f"VQ-VAE first (dgmlab train --config vqvae --out {run})")
+    table = dict(load_config(directory / "config.json").get("model", {}))
+    if table.pop("name", None) != "vqvae":
+        raise ModelConfigError(f"VQVAEPrior: the run {run!r} holds no VQ-VAE ([model] name is not \"vqvae\")")
+    model = VQVAE(**table)
+    load_weights(directory / "checkpoint", model)
+    return model
