@@ -252,3 +252,18 @@ def test_deep_image_prior_benchmark_smoke_run_tunes_iterations_on_a_training_ima
     assert "oracle" in result["oracle"] and "upper bound" in result["oracle"]
     for name in ("psnr_vs_iterations.png", "denoised.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_codebook_usage_benchmark_smoke_run_measures_every_quantizer_and_size(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "vq_codebook_usage.py"), "--smoke", "--threads", "1",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "result.json").read_text())["rows"]
+    assert [(row["quantizer"], row["K"]) for row in rows] == [("vq", 64), ("vq", 256), ("fsq", 64), ("fsq", 240)]
+    for row in rows:
+        assert row["usage"] == pytest.approx(row["codes_used"] / row["K"], abs=1e-4)
+        assert 1 <= row["perplexity"] <= row["codes_used"] + 1e-6  # exp H is at most the number of codes used
+        assert 0 < row["reconstruction"] < 784 * math.log(2) * 1.5
+    assert (tmp_path / "codebook_usage.png").read_bytes()[:4] == b"\x89PNG"

@@ -5,7 +5,8 @@ interpolations, completions), :mod:`~dgmlab.plots.latents` (latent scatters and 
 grid), :mod:`~dgmlab.plots.curves` (training curves, Monte-Carlo convergence),
 :mod:`~dgmlab.plots.point_clouds` (3-D point clouds), :mod:`~dgmlab.plots.density` (receptive fields and
 per-pixel likelihoods of density models, grids of 2-D densities), :mod:`~dgmlab.plots.image_priors`
-(eigenvectors of a patch mixture, likelihood against its size) and :mod:`~dgmlab.plots.saving`; the
+(eigenvectors of a patch mixture, likelihood against its size), :mod:`~dgmlab.plots.quantizers` (codebook
+usage against the vocabulary size) and :mod:`~dgmlab.plots.saving`; the
 computations they rely on
 (PCA, power-law fits) are in :mod:`dgmlab.numerics`, and the HTML of interactive views in
 :mod:`~dgmlab.plots.templates`. Every figure is importable from here: ``from dgmlab import plots;
@@ -33,9 +34,11 @@ from dgmlab.plots.image_priors import mixture_eigenvectors, patch_log_likelihood
 from dgmlab.plots.images import completions, image_grid, interpolation, reconstructions
 from dgmlab.plots.latents import latent_grid_points, latent_manifold, latent_scatter, latent_vs_angles
 from dgmlab.plots.point_clouds import equal_axis_limits, point_cloud_3d, point_cloud_overlay
+from dgmlab.plots.quantizers import codebook_usage_against_size
 from dgmlab.plots.saving import save_figure
 
 __all__ = [
+    "codebook_usage_against_size",
     "density_grid",
     "mixture_eigenvectors",
     "patch_log_likelihood_against_components",
