@@ -13,6 +13,7 @@ import torch
 
 from dgmlab.cli import build_parser, main
 from dgmlab.config import ConfigError, apply_overrides, build_objective, build_settings, load_config
+from dgmlab.errors import ModelConfigError
 
 TINY = """
 name = "tiny"
@@ -193,7 +194,7 @@ def test_config_helpers(tiny_config):
     assert set(out.terms) == {"mse", "kl"}
 
 
-def test_shipped_configs_are_valid():
+def test_shipped_configs_are_valid(tmp_path):
     from dgmlab.config import build_model_from_config, bundled_config_command, bundled_configs, load_bundled_config
 
     assert len(bundled_configs()) >= 14
@@ -204,6 +205,11 @@ def test_shipped_configs_are_valid():
         build_settings(config)
         build_objective(config)
         input_dim = 3 if config.get("data", {}).get("name") == "torus" else 784
+        if "vqvae_run" in config["model"]:  # a second stage: it needs the first stage's run (tests/test_vqvae.py)
+            config["model"]["vqvae_run"] = str(tmp_path / "no_run")
+            with pytest.raises(ModelConfigError, match="train the VQ-VAE first"):
+                build_model_from_config(config, input_dim=input_dim)
+            continue
         build_model_from_config(config, input_dim=input_dim)
 
 
