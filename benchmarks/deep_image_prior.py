@@ -37,12 +37,11 @@ from pathlib import Path
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from restoration_setup import numbers
+from restoration_setup import load_prior, numbers
 
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, centre_crop, photograph
 from dgmlab.models import SkipNet, count_parameters
-from dgmlab.models.mixtures import load_mixture
 from dgmlab.restoration import DeepImagePriorResult, add_noise, deep_image_prior, epll, psnr
 from dgmlab.train import resolve_device
 
@@ -151,7 +150,7 @@ def main() -> None:
     sigma = args.sigma / 255
     multiple = 2 ** len(args.channels)
     tune_crop = args.crop if args.tune_crop is None else args.tune_crop
-    prior = load_mixture(args.prior) if args.prior is not None else None
+    prior, prior_source = load_prior(args) if args.prior is not None else (None, None)
 
     # the number of iterations, from a training photograph: the best PSNR of the averaged output there
     tune_clean = centre_crop(photograph(args.tune_on), tune_crop, multiple=multiple)
@@ -207,7 +206,7 @@ def main() -> None:
               "mean_psnr_db": means, "rows": rows, "curves": curves, "settings": settings,
               "network": f"SkipNet({args.input_channels}, 1, {args.channels}, skip_channels={args.skip_channels})",
               "parameters": count_parameters(SkipNet(args.input_channels, 1, args.channels, args.skip_channels)),
-              "prior": None if args.prior is None else str(args.prior), "device": str(device),
+              "prior": prior_source, "device": str(device),
               "threads": args.threads, "tuning_seconds": round(tuning.seconds, 2),
               "total_seconds": round(tuning.seconds + sum(row["seconds"] for row in rows), 2),
               "command": " ".join(sys.argv)}
