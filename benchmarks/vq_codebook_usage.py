@@ -1,6 +1,8 @@
 """Codebook usage against vocabulary size: VQ, VQ with an EMA codebook, and finite scalar quantization.
 
     .venv/bin/python benchmarks/vq_codebook_usage.py                 # K = 64, 256, 1024, 4096, 2 epochs each
+    .venv/bin/python benchmarks/vq_codebook_usage.py --quantizers vq_ema --restart-after 100 \
+        --also benchmarks/results/vq_codebook_usage_cpu_2026-12-02.json   # EMA VQ with dead-code restarts
     .venv/bin/python benchmarks/vq_codebook_usage.py --smoke         # the script end to end in seconds
 
 Every run is the bundled ``vqvae`` config (dgmlab.models.vqvae: a 7x7 grid of codes for each dynamically
@@ -62,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--code-dim", type=int, default=16, help="d of the VQ codebooks")
     parser.add_argument("--restart-after", type=int, default=None, help="VQ dead-code restarts after N unused steps")
+    parser.add_argument("--also", type=Path, default=None,
+                        help="the result.json of an earlier run, whose rows are drawn in the same figure")
     parser.add_argument("--train-limit", type=int, default=None, help="training digits (default all 60,000)")
     parser.add_argument("--test-limit", type=int, default=None, help="test digits (default all 10,000)")
     parser.add_argument("--threads", type=int, default=2)
@@ -134,7 +138,9 @@ def main() -> None:
             counts, reconstruction = _test_codes(model, data)
             p = counts / counts.sum()
             entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
-            row = {"quantizer": quantizer, "K": model.num_codes, "requested_K": size,
+            label = quantizer if args.restart_after is None or quantizer not in ("vq", "vq_ema") else \
+                f"{quantizer}, restarts after {args.restart_after}"
+            row = {"quantizer": label, "K": model.num_codes, "requested_K": size,
                    "levels": config["model"].get("levels"), "usage": round(float((counts > 0).double().mean()), 4),
                    "codes_used": int((counts > 0).sum()), "perplexity": round(math.exp(entropy), 2),
                    "reconstruction": round(reconstruction, 3),
@@ -148,8 +154,9 @@ def main() -> None:
               "test_limit": args.test_limit, "threads": args.threads, "seed": args.seed, "rows": rows,
               "command": " ".join(sys.argv)}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    drawn = rows if args.also is None else json.loads(args.also.read_text())["rows"] + rows
     figure = plots.codebook_usage_against_size(
-        rows, title=f"Codebook usage on the MNIST test set after {args.epochs} epochs (7x7 codes per digit)")
+        drawn, title=f"Codebook usage on the MNIST test set after {args.epochs} epochs (7x7 codes per digit)")
     plots.save_figure(figure, args.out / "codebook_usage.png")
     print("quantizer     K   usage  perplexity  reconstruction (nats)")
     for row in rows:
