@@ -4,10 +4,13 @@ unknown to the library, trains, evaluates, samples and gets its figures through 
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import io
 import json
 import re
+import shutil
+import tempfile
 import tokenize
 from pathlib import Path
 
@@ -34,6 +37,21 @@ from dgmlab.models.protocols import (
     representation,
 )
 
+
+def _tiny_vqvae_run() -> str:
+    """A first-stage run (config.json and checkpoint) of a tiny VQ-VAE, for the second stage to build on."""
+    from dgmlab.checkpoint import save_checkpoint
+    from dgmlab.models.vqvae import VQVAE
+
+    folder = Path(tempfile.mkdtemp(prefix="dgmlab_vqvae_run_"))
+    atexit.register(shutil.rmtree, folder, True)
+    table = {"quantizer": "fsq", "levels": [3, 2], "hidden": 4, "residual_blocks": 0, "image_size": 8}
+    (folder / "config.json").write_text(json.dumps({"model": {"name": "vqvae", **table}}))
+    torch.manual_seed(0)
+    save_checkpoint(folder / "checkpoint", VQVAE(**table), None, epoch=1, step=0)
+    return str(folder)
+
+
 SMALL = {
     "ae": dict(input_dim=12, hidden_dims=[8, 2]),
     "vae": dict(input_dim=12, hidden_dims=[8, 4], likelihood="bernoulli"),
@@ -46,6 +64,8 @@ SMALL = {
     "pixelcnn": dict(channels=4, num_layers=2, image_size=4),
     "gated_pixelcnn": dict(channels=4, num_layers=2, image_size=4),
     "glow": dict(image_shape=[1, 4, 4], levels=1, steps=1, hidden=4),
+    "vqvae": dict(quantizer="fsq", levels=[3, 2], hidden=4, residual_blocks=0, image_size=8),
+    "vqvae_prior": dict(vqvae_run=_tiny_vqvae_run(), channels=4, num_layers=1),
 }
 EXPECTED = {  # what each family can do, and nothing more
     "ae": {Autoencoder},
@@ -59,6 +79,8 @@ EXPECTED = {  # what each family can do, and nothing more
     "pixelcnn": {DensityModel, PerDimensionDensity, Sampler, ConditionalModel, ImageModel, Completer},
     "gated_pixelcnn": {DensityModel, PerDimensionDensity, Sampler, ConditionalModel, ImageModel, Completer},
     "glow": {DensityModel, Sampler, ImageModel, DataInitialized},
+    "vqvae": {Autoencoder, ImageModel},  # samples need its second stage
+    "vqvae_prior": {DensityModel, Sampler, ImageModel},  # log_prob is a bound: the ELBO of a point-mass posterior
 }
 PROTOCOLS = (Autoencoder, Completer, ConditionalModel, DataInitialized, DensityModel, ImageModel,
              LatentVariableModel, PerDimensionDensity, Sampler)
