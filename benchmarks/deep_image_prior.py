@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 
 import torch
+from arguments import numbers
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from restoration_setup import load_prior, numbers
+from restoration_setup import load_prior
 
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, centre_crop, photograph

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from restoration_setup import load_prior, numbers
+from arguments import numbers
+from restoration_setup import load_prior
 
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, centre_crop, photograph

@@ -1,5 +1,5 @@
-"""What the restoration benchmarks (denoise_epll.py, inpaint_epll.py, deep_image_prior.py) share: comma-separated
-arguments and the patch prior, read from a file or fitted on the spot. Imported by those scripts (their folder is
+"""What the restoration benchmarks (denoise_epll.py, inpaint_epll.py, deep_image_prior.py) share: the patch prior,
+read from a file, bundled, or fitted on the spot. Imported by those scripts (their folder is
 on ``sys.path`` when they run); not a benchmark itself."""
 
 from __future__ import annotations
@@ -10,16 +10,6 @@ import torch
 
 from dgmlab.data.images import photographs, random_patches
 from dgmlab.models.mixtures import GaussianMixture, em_fit, load_mixture, mixture_from_seeds
-
-
-def numbers(cast):
-    """An argparse type for values separated by commas, each converted by ``cast``."""
-    def parse(text: str):
-        try:
-            return [cast(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected values separated by commas, got {text!r}") from None
-    return parse
 
 
 def load_prior(args: argparse.Namespace) -> tuple[GaussianMixture, str]:

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from arguments import numbers
 
 from dgmlab import plots
 from dgmlab.config import apply_overrides, build_settings, load_bundled_config
@@ -45,19 +46,10 @@ SMOKE = {"sizes": [64, 256], "quantizers": ["vq", "fsq"], "epochs": 1, "train_li
          "hidden": 8}
 
 
-def _numbers(cast):
-    def parse(text: str):
-        try:
-            return [cast(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected values separated by commas, got {text!r}") from None
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quantizers", type=_numbers(str), default=["vq", "vq_ema", "fsq"])
-    parser.add_argument("--sizes", type=_numbers(int), default=[64, 256, 1024, 4096],
+    parser.add_argument("--quantizers", type=numbers(str), default=["vq", "vq_ema", "fsq"])
+    parser.add_argument("--sizes", type=numbers(int), default=[64, 256, 1024, 4096],
                         help="vocabulary sizes K (fsq: the levels of FSQ_LEVELS)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -187,11 +187,11 @@ def read_grey_image(path: str | Path) -> tuple[Tensor, int]:
                         f"python -c \"from PIL import Image; Image.open('{path.name}').convert('L')"
                         f".save('grey.png')\"")
                 pixels = rgb[..., 0]
+    except ImageFileError:
+        raise
     except UnidentifiedImageError:
         raise ImageFileError(f"{path} is not an image file that Pillow can read (PNG, TIFF, JPEG...)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, ImageFileError):
-            raise
         raise ImageFileError(f"{path} is a damaged or truncated image file ({error})") from None
     if pixels.size == 0:
         raise ImageFileError(f"{path} has no pixels")
