@@ -233,14 +233,14 @@ def _train(args: argparse.Namespace) -> None:
                              progress=not args.no_progress)
     else:
         run_dir = train_run(args.config, out=args.out, overrides=overrides, overwrite=args.overwrite)
-    print(f"run written to {run_dir}")
+    _report(f"run written to {run_dir}")
 
 
 def _eval(args: argparse.Namespace) -> None:
     from dgmlab.experiments.runs import evaluate_run
 
     results = evaluate_run(args.run_dir, iw_samples=args.iw_samples, device=args.device)
-    print(json.dumps(results, indent=2))
+    _report(json.dumps(results, indent=2))
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -298,15 +298,44 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CLIError, DgmlabError, FileNotFoundError, ValueError)
 
 
+DISTRIBUTED_COMMANDS = ("train", "eval")  # the commands that run on many processes under torchrun
+
+
+def _world_size() -> int:
+    text = os.environ.get("WORLD_SIZE", "1")
+    return int(text) if text.isdigit() else 1
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Run the command, inside the process group that torchrun describes (:mod:`dgmlab.distributed`)."""
+    if _world_size() <= 1:
+        COMMANDS[args.command](args)
+        return
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise CLIError(f"only {' and '.join(DISTRIBUTED_COMMANDS)} run on many processes; run dgmlab "
+                       f"{args.command} without torchrun")
+    from dgmlab import distributed
+
+    with distributed.session(getattr(args, "device", None) or "auto"):
+        COMMANDS[args.command](args)
+
+
+def _report(text: str) -> None:
+    """Print ``text`` on standard output, from rank 0 only in a run on many processes."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dgmlab`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        _run(args)
     except _user_errors() as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"dgmlab {args.command}: error: {message}", file=sys.stderr)
+        where = f" (rank {os.environ.get('RANK', '?')} of {_world_size()})" if _world_size() > 1 else ""
+        print(f"dgmlab {args.command}{where}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dgmlab {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)

@@ -62,6 +62,17 @@ times the typical norm): ``TrainSettings.grad_clip_norm = c`` rescales the gradi
 linearly, ``eta_t = eta * lr_decay^(epoch - 1) * (t + 1) / T`` for the first ``T`` steps (Glow's warm-up),
 then hands it back to the per-epoch decay.
 
+**Many processes.** Under ``torchrun`` (:mod:`dgmlab.distributed`), ``fit`` trains in the process group it
+finds: the model is wrapped in ``DistributedDataParallel`` (no per-step buffer broadcast), each rank takes
+its contiguous slice of every global batch of ``train_batches`` and backpropagates
+``(N / |S|) * sum of its per-example losses``, so the averaged gradient is the global batch mean's; the
+objective's own randomness comes from a stream per ``(seed, step, rank)``. The epoch's terms, test
+evaluation (whole batches shared out by index) and the mid-epoch checkpoint's running sums are added over
+the ranks; rank 0 alone locks the run folder, writes and prints; every rank reads the checkpoint on resume,
+so a run continues on any number of processes. The ranks stop together (a time budget is decided on all of
+them), and a collective that fails because another rank died or hung raises
+:class:`~dgmlab.distributed.DistributedError` with the way to resume.
+
 A loss term that becomes NaN or infinite stops the run with :class:`~dgmlab.errors.NonFiniteLossError`,
 naming the term, the epoch and the step; the last checkpoint is left as it was.
 """
@@ -83,6 +94,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dgmlab import distributed
 from dgmlab.checkpoint import STATE_FILE, atomic_write_text, load_checkpoint, save_checkpoint
 from dgmlab.errors import NonFiniteLossError, RunExistsError, RunLockedError, TrainingError
 from dgmlab.objectives import LossTerms, Objective
@@ -273,16 +285,37 @@ def evaluate(model: nn.Module, objective: Objective, batches: Iterable[Any], dev
              seed: int = 0) -> dict[str, float]:
     """Mean of every term of ``objective`` over ``batches``, in evaluation mode, without gradients.
 
-    Sampling inside the objective uses a forked RNG seeded with ``seed``, so the numbers are reproducible
-    and the caller's random stream is untouched.
+    Batch ``j`` runs under a forked RNG seeded from ``(seed, j)``, so the numbers are reproducible, the
+    caller's random stream is untouched, and in a process group the batches can be shared out: rank ``r`` of
+    ``N`` evaluates batches ``j = r, r + N, ...`` and the sums are added over the ranks, which gives the
+    number one process gives (:mod:`dgmlab.distributed`).
     """
     device = device or device_of(model)
+    group = distributed.current()
+    length = _length(batches)
+    if group.distributed:
+        if length is None:
+            raise TrainingError("evaluation on many processes needs batches with a length (a TensorBatches or "
+                                "a DataLoader)")
+        if length == 0:
+            raise TrainingError("the evaluation data yielded no batches")
     means = RunningMeans()
     devices = [device.index or 0] if device.type == "cuda" else []
     with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for batch in batches:
+        for j, batch in enumerate(batches):
+            if j % group.world_size != group.rank:
+                continue
+            torch.manual_seed(distributed.derived_seed(seed, j))
             means.update(_named_terms(objective(model, _to_device(batch, device))))
+    if group.distributed:
+        try:
+            if length < group.world_size:  # ranks beyond the last batch learn the terms' names from rank 0
+                names = [list(means.sums)]
+                distributed.dist.broadcast_object_list(names, src=0)
+                means.sums = {name: means.sums.get(name, 0.0) for name in names[0]}
+            means.sums, means.count, _ = distributed.all_reduce_sums(means.sums, means.count)
+        except (distributed.dist.DistError, RuntimeError) as error:
+            raise distributed.peer_failure(error, "evaluation") from error
     return means.means()
 
 
@@ -392,6 +425,9 @@ def fit(
     another process holds it); a new run into a folder that holds one raises
     :class:`~dgmlab.errors.RunExistsError` unless ``overwrite`` replaces it; ``resume`` continues it from its
     checkpoint, inside an epoch if the checkpoint was written there (:mod:`dgmlab.rundir`).
+
+    In a process group of several ranks (``torchrun``), every rank calls ``fit`` with the same arguments and
+    the same batches; they train one model together (module docstring, :mod:`dgmlab.distributed`).
     """
     settings = settings or TrainSettings()
     settings.validate()
@@ -405,6 +441,15 @@ def fit(
     if run_path is None:
         return _train(model, objective, train_batches, test_batches, settings, device, step_precision, None,
                       config, False, description, bar_position)
+    group = distributed.current()
+    if not group.is_main:
+        # rank 0 holds the lock and clears the folder; the others give the same verdict on an existing run,
+        # then wait for it
+        if not resume and not overwrite:
+            refuse_existing_run(run_path)
+        _barrier("the start of the run")
+        return _train(model, objective, train_batches, test_batches, settings, device, step_precision, run_path,
+                      config, resume, description, bar_position)
     with lock_run(run_path):
         if not resume:
             if overwrite:
@@ -412,8 +457,29 @@ def fit(
             else:
                 refuse_existing_run(run_path)
         remove_leftovers(run_path)  # half-written files of a crashed process (resumed runs)
+        _barrier("the start of the run")
         return _train(model, objective, train_batches, test_batches, settings, device, step_precision, run_path,
                       config, resume, description, bar_position)
+
+
+def _barrier(where: str) -> None:
+    try:
+        distributed.barrier()
+    except (distributed.dist.DistError, RuntimeError) as error:
+        raise distributed.peer_failure(error, where) from error
+
+
+class _ObjectiveStep(nn.Module):
+    """``objective(model, batch)`` as a module, so DistributedDataParallel sees the forward pass of every step
+    (objectives call ``log_prob``, ``encode``... rather than ``forward``)."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, *batch: Tensor) -> LossTerms:
+        return self.objective(self.model, batch)
 
 
 def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any], test_batches: Iterable[Any] | None,
@@ -422,6 +488,8 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
            bar_position: int | None) -> History:
     """The body of :func:`fit`, with the run directory (if any) locked and checked."""
     torch.manual_seed(settings.seed)
+    ranks = distributed.current()
+    main = ranks.is_main
     model.to(device)
     optimizer = make_optimizer(model, settings, device)
     average = ParameterAverage(model, settings.ema_decay) if settings.ema_decay else None
@@ -438,8 +506,11 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
                 # a run that did not average yet starts its average from the weights it has now
                 average.load(state.averaged or dict(model.named_parameters()))
             history.records = _read_metrics(run_path / "metrics.jsonl", start_epoch)
-            atomic_write_text(run_path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history.records))
-        if config is not None:
+            _barrier("loading the checkpoint")  # every rank has read the folder before rank 0 writes to it
+            if main:
+                atomic_write_text(run_path / "metrics.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in history.records))
+        if config is not None and main:
             full = {**config, "train": {**dict(config.get("train", {})), **asdict(settings)}}
             atomic_write_text(run_path / "config.json", json.dumps(full, indent=2, sort_keys=True) + "\n")
     if start_epoch >= settings.epochs:
@@ -448,6 +519,22 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
         return history
 
     model.train()
+    step_model: nn.Module | None = None
+    shards: Iterable[Any] = train_batches
+    if ranks.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the same starting point everywhere (DDP broadcasts rank 0's parameters and buffers), then every rank
+        # trains on its slice of each global batch (dgmlab.distributed)
+        try:
+            # no buffer broadcast per step: dgmlab's buffers are constant (masks, permutations) or change the same
+            # way on every rank (a mask counter; the VQ codebook statistics, which are all-reduced)
+            step_model = DistributedDataParallel(
+                _ObjectiveStep(model, objective), broadcast_buffers=False,
+                device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
+        except (distributed.dist.DistError, RuntimeError) as error:
+            raise distributed.peer_failure(error, "the start of the run") from error
+        shards = distributed.ShardedBatches(train_batches, ranks)
     training_seconds = 0.0
     minutes = settings.checkpoint_every_minutes
     checkpoint_interval = minutes * 60.0 if minutes is not None and run_path is not None else None
@@ -458,13 +545,16 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
         _set_epoch(objective, epoch)  # an objective with a schedule (e.g. KL warm-up) may follow the epoch
         means = RunningMeans()
         lr = optimizer.param_groups[0]["lr"]
-        batches = iter(train_batches)
+        batches = iter(shards)
         done, earlier_seconds, units = 0, 0.0, {}
         if partial is not None and partial["epoch"] == epoch:
             # continue inside the epoch of a mid-epoch checkpoint: its sums, and its batches replayed unused,
             # which advances the data's per-epoch streams (permutation, binarisation) past them
             done, earlier_seconds, units = int(partial["batches"]), float(partial["seconds"]), partial["units"]
-            means.sums, means.count = {k: float(v) for k, v in partial["sums"].items()}, int(partial["count"])
+            if main:  # the sums of all ranks so far; they are added over the ranks again at the epoch's end
+                means.sums, means.count = {k: float(v) for k, v in partial["sums"].items()}, int(partial["count"])
+            else:
+                means.sums = {k: 0.0 for k in partial["sums"]}
             for _ in range(done):
                 if next(batches, None) is None:
                     raise TrainingError(f"the checkpoint was written after {done} batches of epoch {epoch}, but "
@@ -472,16 +562,38 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
                                         f"trained on")
         partial = None
         bar = tqdm(batches, total=_length(train_batches), initial=done, leave=False,
-                   desc=f"{description} {epoch}/{settings.epochs}", disable=not settings.progress,
+                   desc=f"{description} {epoch}/{settings.epochs}", disable=not (settings.progress and main),
                    dynamic_ncols=True, position=bar_position)
         stopped = False
-        for batch in bar:
-            with step_precision:
-                out = objective(model, _to_device(batch, device))
+        for item in bar:
+            if step_model is None:
+                batch = item
+                with step_precision:
+                    out = objective(model, _to_device(batch, device))
+            else:
+                batch, global_size = item
+                # randomness inside the objective (a VAE's epsilon): a stream of its own per (seed, step, rank)
+                torch.manual_seed(distributed.derived_seed(settings.seed, step, ranks.rank))
+                try:
+                    with step_precision:
+                        out = step_model(*_to_device(batch, device))
+                except (distributed.dist.DistError, RuntimeError) as error:
+                    if not _peer_failed(error):
+                        raise
+                    raise distributed.peer_failure(error, f"step {step + 1}") from error
             terms = _named_terms(out)
             _check_finite(terms, epoch, step + 1, run_path)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.mean().backward()
+            if step_model is None:
+                out.loss.mean().backward()
+            else:
+                # l_r = (N / |S|) sum_{i in S_r} l_i; DDP averages over the N ranks: the gradient of the batch mean
+                try:
+                    (out.loss.sum() * (ranks.world_size / global_size)).backward()
+                except (distributed.dist.DistError, RuntimeError) as error:
+                    if not _peer_failed(error):
+                        raise
+                    raise distributed.peer_failure(error, f"step {step + 1}") from error
             if settings.grad_clip_norm is not None:
                 # g <- g min(1, c / |g|_2)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip_norm)
@@ -503,16 +615,21 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
             if settings.max_steps is not None and step >= settings.max_steps:
                 stopped = True
                 break
-            if checkpoint_interval is not None and time.monotonic() - last_checkpoint >= checkpoint_interval:
+            if checkpoint_interval is not None and _agreed(time.monotonic() - last_checkpoint >= checkpoint_interval,
+                                                           step):
                 assert run_path is not None
-                position = {"epoch": epoch, "batches": done, "sums": dict(means.sums), "count": means.count,
+                sums, count = _reduced(means, "a checkpoint")
+                position = {"epoch": epoch, "batches": done, "sums": sums, "count": count,
                             "seconds": round(earlier_seconds + time.perf_counter() - started, 3),
                             "units": dict(units)}
-                save_checkpoint(run_path / "checkpoint", model, optimizer, epoch=epoch - 1, step=step,
-                                extra={PARTIAL_EPOCH: position},
-                                averaged=average.averaged if average is not None else None)
+                if main:
+                    save_checkpoint(run_path / "checkpoint", model, optimizer, epoch=epoch - 1, step=step,
+                                    extra={PARTIAL_EPOCH: position},
+                                    averaged=average.averaged if average is not None else None)
                 last_checkpoint = time.monotonic()
         bar.close()
+        if ranks.distributed:  # the true means over the examples of all ranks
+            means.sums, means.count = _reduced(means, f"the end of epoch {epoch}")
         if means.count == 0:
             raise TrainingError("the training data yielded no batches; check the data size, batch_size and "
                                 "drop_last")
@@ -536,14 +653,15 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
             coming = length if settings.max_steps is None else min(length, settings.max_steps - step)
             if training_seconds + record["seconds"] * coming / max(done, 1) > settings.time_limit:
                 stopped = True
+            stopped = _any_rank(stopped, f"the end of epoch {epoch}")  # the ranks stop together
         history.records.append(record)
-        if settings.progress:
+        if settings.progress and main:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record["train"].items())
             test = record.get("test")
             tested = ("; test " + ", ".join(f"{k} {v:.4g}" for k, v in test.items())) if test else ""
             tqdm.write(f"{description} epoch {epoch}/{settings.epochs}: train {shown}{tested} "
                        f"({record['seconds']:.1f} s)")
-        if run_path is not None:
+        if run_path is not None and main:
             with open(run_path / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             last = epoch == settings.epochs or stopped
@@ -556,6 +674,46 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
     if average is not None:
         average.swap()  # hand back the averaged weights
     return history
+
+
+def _peer_failed(error: BaseException) -> bool:
+    """Whether an error raised inside a distributed step came from the communication with the other ranks."""
+    if isinstance(error, distributed.dist.DistError):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket"))
+
+
+def _reduced(means: RunningMeans, where: str) -> tuple[dict[str, float], int]:
+    """The running sums and count added over all ranks (unchanged on one process)."""
+    try:
+        sums, count, _ = distributed.all_reduce_sums(means.sums, means.count)
+    except (distributed.dist.DistError, RuntimeError) as error:
+        raise distributed.peer_failure(error, where) from error
+    return sums, count
+
+
+def _any_rank(flag: bool, where: str) -> bool:
+    """True on every rank if ``flag`` is true on any."""
+    if not distributed.is_distributed():
+        return flag
+    try:
+        _, _, (total,) = distributed.all_reduce_sums({}, 0, float(flag))
+    except (distributed.dist.DistError, RuntimeError) as error:
+        raise distributed.peer_failure(error, where) from error
+    return total > 0
+
+
+def _agreed(flag: bool, step: int) -> bool:
+    """Rank 0's ``flag`` on every rank (one small broadcast per step, only in a process group)."""
+    if not distributed.is_distributed():
+        return flag
+    value = torch.tensor([float(flag)], dtype=torch.float64, device=distributed.collective_device())
+    try:
+        distributed.broadcast_(value, 0)
+    except (distributed.dist.DistError, RuntimeError) as error:
+        raise distributed.peer_failure(error, f"step {step}") from error
+    return bool(value.item() > 0)
 
 
 __all__ = ["DEVICES", "PRECISIONS", "History", "NonFiniteLossError", "ParameterAverage", "RunExistsError",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dgmlab import distributed
 from dgmlab.models.protocols import LatentVariableModel, PerDimensionDensity
 from dgmlab.objectives import importance_weighted_bound
 from dgmlab.utils import check_int, device_of, eval_mode
@@ -39,19 +40,30 @@ def importance_weighted_nll_per_example(model: LatentVariableModel, x: Tensor, n
     (their spread gives the standard error of the mean, and two models on the same rows a paired difference).
 
     Batches of ``batch_size`` examples go through :func:`dgmlab.objectives.importance_weighted_bound` with
-    ``k = num_samples``; sampling uses a forked RNG seeded with ``seed``, so the caller's stream is untouched.
+    ``k = num_samples``; batch ``j`` samples from a forked RNG seeded from ``(seed, j)``, so the caller's
+    stream is untouched and, in a process group of ``N`` ranks (:mod:`dgmlab.distributed`), rank ``r`` can
+    compute batches ``j = r, r + N, ...`` alone: the values are added over the ranks (each row is nonzero on
+    one rank only) and every rank gets the numbers one process computes.
     """
     check_int(num_samples, "num_samples", minimum=1, owner="importance_weighted_nll")
     check_int(batch_size, "batch_size", minimum=1, owner="importance_weighted_nll")
     device = device_of(model)
-    values = []
+    group = distributed.current()
+    values = torch.zeros(len(x), dtype=torch.float64)
     with eval_mode(model), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for start in range(0, len(x), batch_size):
+        for j, start in enumerate(range(0, len(x), batch_size)):
+            if j % group.world_size != group.rank:
+                continue
+            torch.manual_seed(distributed.derived_seed(seed, j))
             batch = x[start:start + batch_size].to(device)
             bound = importance_weighted_bound(model, batch, num_samples=num_samples, chunk_size=chunk_size)
-            values.append(-bound.detach().double().cpu())
-    return torch.cat(values)
+            values[start:start + len(batch)] = -bound.detach().double().cpu()
+    if group.distributed:
+        try:
+            values = distributed.all_reduce_sum_(values.to(distributed.collective_device())).cpu()
+        except (distributed.dist.DistError, RuntimeError) as error:
+            raise distributed.peer_failure(error, "the importance-weighted bound") from error
+    return values
 
 
 def check_images(x: Any) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgmlab import plots
+from dgmlab import distributed, plots
 from dgmlab.checkpoint import atomic_write_text, load_weights
 from dgmlab.config import (
     ConfigError,
@@ -84,7 +84,8 @@ def train_run(config_path: str | Path, out: str | Path | None = None, overrides:
     settings = build_settings(config)
     fit(model, objective, data.train, data.test, settings, run_dir=run_dir, config=config,
         description=str(config["name"]), overwrite=overwrite)
-    write_figures(model, data, run_dir)
+    if distributed.current().is_main:
+        write_figures(model, data, run_dir)
     return run_dir
 
 
@@ -112,7 +113,8 @@ def resume_run(run_dir: str | Path, epochs: int | None = None, device: str | Non
     settings = build_settings(config)
     fit(model, objective, data.train, data.test, settings, run_dir=run_dir, config=config, resume=True,
         description=str(config.get("name", run_dir.name)))
-    write_figures(model, data, run_dir)
+    if distributed.current().is_main:
+        write_figures(model, data, run_dir)
     return run_dir
 
 
@@ -159,7 +161,8 @@ def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto")
         if iw_samples > 0:
             results[f"test_nll_iw{iw_samples}_nats"] = importance_weighted_nll(
                 model, data.test_x, num_samples=iw_samples, seed=settings.seed)
-    atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
+    if distributed.current().is_main:
+        atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -106,6 +106,10 @@ exactly (the step counter is in the state dict). (A ``torch.Generator`` keeps on
 hold both.) The optimizer's moments (Adam) of a restarted row
 of a learned codebook are left as they are.
 
+**Many processes** (:mod:`dgmlab.distributed`). In a process group the code counts :math:`n_k` and sums are
+added over the ranks before the EMA step, and the restart vectors are rank 0's, broadcast: every rank keeps
+the same codebook, moved by the statistics of the global batch.
+
 All state (the codebook, :math:`N`, :math:`m`, the counters) is in ``state_dict()``: a quantizer loaded from it
 continues bit for bit on the CPU. (On a GPU ``index_add_`` sums in a nondeterministic order unless
 ``torch.use_deterministic_algorithms(True)``. Under data parallelism the EMA statistics are those of one
@@ -179,6 +183,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmlab import distributed
 from dgmlab.errors import ModelConfigError
 from dgmlab.utils import check_int, check_positive_number, is_int
 
@@ -419,10 +424,12 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _training_step(self, rows: Tensor, indices: Tensor) -> None:
         K = self.codebook_size
-        counts = torch.bincount(indices, minlength=K)
+        # in a process group the statistics are those of the global batch, so every rank moves the same way
+        counts = distributed.all_reduce_sum_(torch.bincount(indices, minlength=K))
         if self.ema:
             gamma = self.decay
-            sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, rows.to(self.ema_sum.dtype))
+            sums = distributed.all_reduce_sum_(
+                torch.zeros_like(self.ema_sum).index_add_(0, indices, rows.to(self.ema_sum.dtype)))
             # N_k <- gamma N_k + (1 - gamma) n_k
             self.ema_count.mul_(gamma).add_(counts.to(self.ema_count.dtype), alpha=1 - gamma)
             # m_k <- gamma m_k + (1 - gamma) sum_{i: k(i) = k} z_e,i
@@ -445,6 +452,7 @@ class VectorQuantizer(Quantizer):
         n = rows.shape[0]
         choice = generator.choice(n, size=dead.numel(), replace=n < dead.numel())
         vectors = rows[torch.from_numpy(choice).to(rows.device)].to(self.codebook.dtype)
+        vectors = distributed.broadcast_(vectors.contiguous(), 0)  # rank 0's picks on every rank
         self.codebook[dead] = vectors
         if self.ema:
             self.ema_sum[dead] = vectors
