@@ -140,6 +140,35 @@ def test_normflows_side_by_side_smoke_run_times_and_evaluates_both(tmp_path):
 
 
 @pytest.mark.slow
+def test_pythae_side_by_side_smoke_run_times_both_trainers_on_the_same_vae_in_the_same_units(tmp_path):
+    pytest.importorskip("pythae")
+    out = tmp_path / "vae_pythae.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "peers" / "vae_pythae.py"), "--epochs", "1", "--rounds", "1",
+               "--limit", "512", "--threads", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["examples"] == 512 and result["threads"] == 1 and result["pythae_version"] == "0.1.2"
+    # pythae's loss and dgmlab's negative ELBO on the same weights, batch and draw: the same nats per example
+    check = result["loss_units_check"]
+    assert check["abs_difference"] < 0.01 and check["pythae_loss"] > 500
+    medians = {}
+    for name in ("dgmlab", "pythae"):
+        row = result[name]
+        assert row["parameters"] == 853_840  # 784-512-(32 + 32) encoder, 32-512-784 decoder
+        (run,) = row["runs"]
+        assert len(run["seconds_per_epoch"]) == 1 and run["call_seconds"] >= run["seconds_per_epoch"][0] > 0
+        medians[name] = row["median_seconds_per_epoch"]
+        assert row["examples_per_second"] == pytest.approx(512 / medians[name], rel=0.01)
+        # nats per example summed over the 784 pixels: one epoch (4 steps) from PyTorch's initialisation ends
+        # below 784 ln 2 = 543.4 (a decoder that predicts 0.5 everywhere); a per-pixel mean would be below 1
+        assert 300 < row["final_train_loss_nats"] < 784 * math.log(2)
+    assert abs(result["dgmlab"]["final_train_loss_nats"] - result["pythae"]["final_train_loss_nats"]) < 25
+    assert result["speedup_dgmlab_over_pythae"] == pytest.approx(medians["pythae"] / medians["dgmlab"], rel=0.02)
+    assert "pythae / dgmlab seconds per epoch" in done.stdout and "torch " in done.stdout
+
+
+@pytest.mark.slow
 def test_gmm_em_benchmark_smoke_run_matches_scikit_learn_and_writes_its_result(tmp_path):
     pytest.importorskip("sklearn")
     out = tmp_path / "gmm.json"
