@@ -296,3 +296,22 @@ def test_codebook_usage_benchmark_smoke_run_measures_every_quantizer_and_size(tm
         assert 1 <= row["perplexity"] <= row["codes_used"] + 1e-6  # exp H is at most the number of codes used
         assert 0 < row["reconstruction"] < 784 * math.log(2) * 1.5
     assert (tmp_path / "codebook_usage.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_step_flops_counts_the_vae_step_exactly_and_bounds_it_by_its_own_products(tmp_path):
+    """The problem set's VAE (784-512-32, batch 128): the FLOPs of a training step are the matrix products'
+    multiply-adds times 2: every layer forward, every weight gradient, and every input gradient but the data's."""
+    out = tmp_path / "flops.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "train_step_flops.py"), "--models", "vae_pset",
+               "--precisions", "fp32", "--steps", "2", "--rounds", "1", "--peak-size", "256", "--threads", "1",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    layers = [(784, 512), (512, 64), (32, 512), (512, 784)]  # encoder to mean and log-variance; decoder
+    macs = sum(a * b for a, b in layers)
+    expected = 2 * 128 * (macs + macs + (macs - 784 * 512))  # forward, weight gradients, input gradients
+    assert row["gflop_per_step"] == pytest.approx(expected / 1e9, abs=1e-4)
+    assert row["heavy_calls_per_step"] == 4 + 4 + 3 and row["compiled"] is False
+    assert 0 < row["fraction_of_limit"] < 1.5 and row["limit_gflops"] > row["achieved_gflops"] * 0.6
+    assert row["achieved_gflops"] == pytest.approx(expected / 1e9 / (row["ms_per_step"] / 1e3), rel=0.01)
