@@ -50,20 +50,18 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from arguments import numbers  # noqa: E402
+from train_step_speed import MODELS as SPEED_MODELS  # noqa: E402
 
-from dgmlab.models import MADE, NADE, VAE, GatedPixelCNN, PixelCNN, count_parameters  # noqa: E402
+from dgmlab.models import VAE, count_parameters  # noqa: E402
 from dgmlab.objectives import exact_nll, negative_elbo  # noqa: E402
 from dgmlab.train import TrainSettings, make_optimizer, resolve_device, training_precision  # noqa: E402
 
-# name -> (constructor, input shape of one example, batch size, loss)
+# name -> (constructor, input shape of one example, batch size, loss): the problem set's VAE as a new user trains
+# it (784-512-32, Bernoulli decoder, batch 128), then the models of train_step_speed.py (its "vae" is the wide one)
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int, str]] = {
-    # the problem set's VAE, as a new user trains it: 784-512-32, Bernoulli decoder, batch 128
     "vae_pset": (lambda: VAE(784, [512, 64], likelihood="bernoulli", activation="relu"), (784,), 128, "elbo"),
-    "vae_1024": (lambda: VAE(784, [1024, 1024, 200], likelihood="bernoulli"), (784,), 256, "elbo"),
-    "made": (lambda: MADE(784, [1024, 1024], direct=True, activation="gelu"), (784,), 256, "nll"),
-    "nade": (lambda: NADE(784, 500), (784,), 64, "nll"),
-    "pixelcnn": (lambda: PixelCNN(), (1, 28, 28), 128, "nll"),
-    "gated_pixelcnn": (lambda: GatedPixelCNN(channels=128, num_layers=10), (1, 28, 28), 128, "nll"),
+    **{("vae_1024" if name == "vae" else name): (build, (1, 28, 28) if image else (784,), batch, loss)
+       for name, (build, image, batch, loss) in SPEED_MODELS.items()},
 }
 
 aten = torch.ops.aten

@@ -244,24 +244,30 @@ def _wait_for_epochs(run: Path, epochs: int, processes: list[subprocess.Popen[st
         time.sleep(0.05)
 
 
+def _signal_rank_one(processes: list[subprocess.Popen[str]], run: Path, sig: int,
+                     pause: float = 0.0) -> tuple[int, float, str]:
+    """Once epoch 1 is written (and ``pause`` seconds more), send ``sig`` to rank 1; return rank 0's exit status,
+    the seconds it took to end after the signal, and its standard error. Both processes are gone afterwards."""
+    try:
+        _wait_for_epochs(run, 1, processes)
+        time.sleep(pause)
+        processes[1].send_signal(sig)
+        sent = time.monotonic()
+        returncode = processes[0].wait(timeout=60)
+        return returncode, time.monotonic() - sent, processes[0].stderr.read()
+    finally:
+        for p in processes:
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.slow
 def test_a_killed_rank_ends_the_other_and_the_run_resumes_on_one_process(one_process, tmp_path):
     """Rank 1 is killed inside epoch 2 of a run that checkpoints after every step: rank 0 stops within seconds
     with one clear line, the checkpoint it left (inside the epoch) is whole, and one process resumes from it
     to the parameters and metrics of the uninterrupted run."""
     processes = _start_by_hand(tmp_path, "--epochs", "2", "--step-delay", "0.05", "--checkpoint-every-step")
-    try:
-        _wait_for_epochs(tmp_path / "run", 1, processes)
-        time.sleep(0.12)
-        processes[1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        returncode = processes[0].wait(timeout=60)
-        waited = time.monotonic() - killed
-        stderr = processes[0].stderr.read()
-    finally:
-        for p in processes:
-            p.kill()
-            p.wait()
+    returncode, waited, stderr = _signal_rank_one(processes, tmp_path / "run", signal.SIGKILL, pause=0.12)
     assert returncode == 2 and waited < 30
     assert "rank 0 of 2: another process of this run stopped or stopped answering during step" in stderr
     assert "the run's last checkpoint is intact" in stderr and "Traceback" not in stderr
@@ -274,17 +280,7 @@ def test_a_killed_rank_ends_the_other_and_the_run_resumes_on_one_process(one_pro
 @pytest.mark.slow
 def test_a_hung_rank_ends_the_other_after_the_timeout(tmp_path):
     processes = _start_by_hand(tmp_path, "--epochs", "50", "--step-delay", "0.02", timeout="3")
-    try:
-        _wait_for_epochs(tmp_path / "run", 1, processes)
-        processes[1].send_signal(signal.SIGSTOP)
-        stopped = time.monotonic()
-        returncode = processes[0].wait(timeout=60)
-        waited = time.monotonic() - stopped
-        stderr = processes[0].stderr.read()
-    finally:
-        for p in processes:
-            p.kill()
-            p.wait()
+    returncode, waited, stderr = _signal_rank_one(processes, tmp_path / "run", signal.SIGSTOP)
     assert returncode == 2 and waited < 20, stderr
     assert "another process of this run stopped or stopped answering" in stderr and "Timed out" in stderr
 
