@@ -94,7 +94,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dgmlab import distributed
+from dgmlab import checks, distributed
 from dgmlab.checkpoint import STATE_FILE, atomic_write_text, load_checkpoint, save_checkpoint
 from dgmlab.errors import NonFiniteLossError, RunExistsError, RunLockedError, TrainingError
 from dgmlab.objectives import LossTerms, Objective
@@ -225,8 +225,9 @@ class ParameterAverage:
     def update(self, step: int) -> None:
         """theta_bar <- theta_bar + (1 - beta_t) (theta - theta_bar), after optimizer step ``step`` (from 1)."""
         weight = 1.0 - min(self.decay, (1.0 + step) / (10.0 + step))
-        for name, p in self.parameters.items():
-            self.averaged[name].lerp_(p.detach(), weight)
+        # one call over all tensors (a fused kernel on CUDA) rather than one Python call per tensor
+        torch._foreach_lerp_([self.averaged[name] for name in self.parameters],
+                             [p.detach() for p in self.parameters.values()], weight)
 
     def load(self, averaged: Mapping[str, Tensor]) -> None:
         for name, value in averaged.items():
@@ -248,37 +249,90 @@ def _to_device(batch: Any, device: torch.device) -> tuple[Tensor, ...]:
 
 
 class RunningMeans:
-    """Example-weighted running means of per-example terms: the true mean over everything seen so far."""
+    """Example-weighted running means of per-example terms: the true mean over everything seen so far.
+
+    :meth:`update` takes each term's batch sum in float64 without reading it from the device: the sums of a
+    step wait there as one small tensor, and :meth:`flush` (which every read of :attr:`sums` or
+    :meth:`means` calls) brings all waiting steps to the host in one transfer and adds them in order. So the
+    caller decides how often the device is waited for, and the numbers are the same whatever it decides.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self._sums: dict[str, float] = {}
         self.count = 0
+        self._waiting: list[tuple[int | None, tuple[str, ...], Tensor]] = []
 
-    def update(self, terms: Mapping[str, Tensor]) -> None:
-        n = None
-        for name, values in terms.items():
-            values = values.detach()
-            n = values.numel() if n is None else n
-            self.sums[name] = self.sums.get(name, 0.0) + float(values.double().sum())
-        self.count += n or 0
+    @property
+    def sums(self) -> dict[str, float]:
+        """Each term's sum over every example seen so far (flushes first)."""
+        self.flush()
+        return self._sums
+
+    @sums.setter
+    def sums(self, value: Mapping[str, float]) -> None:
+        self._waiting.clear()
+        self._sums = dict(value)
+
+    def update(self, terms: Mapping[str, Tensor], step: int | None = None) -> None:
+        """Add one batch of per-example ``terms`` (all of one length), sent by training step ``step``."""
+        if not terms:
+            return
+        values = [v.detach() for v in terms.values()]
+        # each term's sum, then whether it holds a NaN (a sum of +inf and -inf is NaN too: the flag tells apart)
+        row = torch.stack([v.double().sum() for v in values] + [v.isnan().any().double() for v in values])
+        self._waiting.append((step, tuple(terms), row))
+        self.count += values[0].numel()
+
+    def flush(self) -> tuple[int | None, str, str] | None:
+        """Add the waiting batch sums to :attr:`sums`; return ``(step, term, "NaN" or "infinite")`` for the
+        first batch whose term was not finite for some example, or ``None`` when all were finite."""
+        if not self._waiting:
+            return None
+        waiting, self._waiting = self._waiting, []
+        flat = torch.cat([row for _, _, row in waiting]).cpu().tolist()
+        first_bad, start = None, 0
+        for step, names, _ in waiting:
+            n = len(names)
+            for i, name in enumerate(names):
+                value = flat[start + i]
+                self._sums[name] = self._sums.get(name, 0.0) + value
+                if first_bad is None and not math.isfinite(value):
+                    first_bad = (step, name, "NaN" if flat[start + n + i] else "infinite")
+            start += 2 * n
+        return first_bad
 
     def means(self) -> dict[str, float]:
-        return {name: total / max(self.count, 1) for name, total in self.sums.items()}
+        sums = self.sums
+        return {name: total / max(self.count, 1) for name, total in sums.items()}
 
 
 def _named_terms(out: LossTerms) -> dict[str, Tensor]:
     return {"loss": out.loss, **{k: v for k, v in out.terms.items() if k != "loss"}}
 
 
-def _check_finite(terms: Mapping[str, Tensor], epoch: int, step: int, run_dir: Path | None) -> None:
-    for name, values in terms.items():
-        if not bool(torch.isfinite(values).all()):
-            kind = "NaN" if bool(torch.isnan(values).any()) else "infinite"
-            where = (f"; the last good checkpoint in {run_dir / 'checkpoint'} is intact" if run_dir and
-                     (run_dir / "checkpoint" / STATE_FILE).exists() else "")
-            raise NonFiniteLossError(
-                f"loss term '{name}' became {kind} at step {step} (epoch {epoch}){where}. "
-                f"Lower the learning rate or check the data for invalid values.")
+# Training steps between reads of the step's values on the host (loss terms, deferred input checks): every
+# step on the CPU, where a read waits for nothing; every SYNC_EVERY steps on an accelerator, whose queue of
+# kernels a read would empty at every step.
+SYNC_EVERY = 32
+
+
+def _sync_interval(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else SYNC_EVERY
+
+
+def _settle(means: RunningMeans, epoch: int, run_dir: Path | None) -> None:
+    """Judge what the steps since the last call left on the device: the models' deferred input checks
+    (:mod:`dgmlab.checks`), then the loss terms, which must be finite."""
+    checks.flush()
+    bad = means.flush()
+    if bad is None:
+        return
+    step, name, kind = bad
+    where = (f"; the last good checkpoint in {run_dir / 'checkpoint'} is intact" if run_dir and
+             (run_dir / "checkpoint" / STATE_FILE).exists() else "")
+    raise NonFiniteLossError(
+        f"loss term '{name}' became {kind} at step {step} (epoch {epoch}){where}. "
+        f"Lower the learning rate or check the data for invalid values.")
 
 
 def evaluate(model: nn.Module, objective: Objective, batches: Iterable[Any], device: torch.device | None = None,
@@ -307,6 +361,7 @@ def evaluate(model: nn.Module, objective: Objective, batches: Iterable[Any], dev
                 continue
             torch.manual_seed(distributed.derived_seed(seed, j))
             means.update(_named_terms(objective(model, _to_device(batch, device))))
+        checks.flush()
     if group.distributed:
         try:
             if length < group.world_size:  # ranks beyond the last batch learn the terms' names from rank 0
@@ -482,15 +537,27 @@ class _ObjectiveStep(nn.Module):
         return self.objective(self.model, batch)
 
 
-def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any], test_batches: Iterable[Any] | None,
-           settings: TrainSettings, device: torch.device, step_precision: contextlib.AbstractContextManager[Any],
-           run_path: Path | None, config: Mapping[str, Any] | None, resume: bool, description: str,
-           bar_position: int | None) -> History:
+def _train(model: nn.Module, objective: Objective, train_batches: Any, test_batches: Any,
+           settings: TrainSettings, device: torch.device, *rest: Any) -> History:
+    """:func:`_train_body`, with the models' input checks (:mod:`dgmlab.checks`) deferred to the trainer's
+    reads from the device where those are not every step (accelerators)."""
+    if _sync_interval(device) == 1:
+        return _train_body(model, objective, train_batches, test_batches, settings, device, *rest)
+    with checks.deferred():
+        return _train_body(model, objective, train_batches, test_batches, settings, device, *rest)
+
+
+def _train_body(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
+                test_batches: Iterable[Any] | None, settings: TrainSettings, device: torch.device,
+                step_precision: contextlib.AbstractContextManager[Any], run_path: Path | None,
+                config: Mapping[str, Any] | None, resume: bool, description: str,
+                bar_position: int | None) -> History:
     """The body of :func:`fit`, with the run directory (if any) locked and checked."""
     torch.manual_seed(settings.seed)
     ranks = distributed.current()
     main = ranks.is_main
     model.to(device)
+    sync_every = _sync_interval(device)
     optimizer = make_optimizer(model, settings, device)
     average = ParameterAverage(model, settings.ema_decay) if settings.ema_decay else None
 
@@ -582,7 +649,11 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
                         raise
                     raise distributed.peer_failure(error, f"step {step + 1}") from error
             terms = _named_terms(out)
-            _check_finite(terms, epoch, step + 1, run_path)
+            means.update(terms, step + 1)
+            if (step + 1) % sync_every == 0:  # every step on the CPU: nothing non-finite reaches the gradient
+                _settle(means, epoch, run_path)
+                if not bar.disable:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in means.means().items()}, refresh=False)
             optimizer.zero_grad(set_to_none=True)
             if step_model is None:
                 out.loss.mean().backward()
@@ -609,15 +680,14 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
             done += 1
             if average is not None:
                 average.update(step)
-            means.update(terms)
             units = getattr(out, "units", {})
-            bar.set_postfix({k: f"{v:.4g}" for k, v in means.means().items()}, refresh=False)
             if settings.max_steps is not None and step >= settings.max_steps:
                 stopped = True
                 break
             if checkpoint_interval is not None and _agreed(time.monotonic() - last_checkpoint >= checkpoint_interval,
                                                            step):
                 assert run_path is not None
+                _settle(means, epoch, run_path)  # no checkpoint of a model that a bad step has reached
                 sums, count = _reduced(means, "a checkpoint")
                 position = {"epoch": epoch, "batches": done, "sums": sums, "count": count,
                             "seconds": round(earlier_seconds + time.perf_counter() - started, 3),
@@ -628,6 +698,7 @@ def _train(model: nn.Module, objective: Objective, train_batches: Iterable[Any],
                                     averaged=average.averaged if average is not None else None)
                 last_checkpoint = time.monotonic()
         bar.close()
+        _settle(means, epoch, run_path)
         if ranks.distributed:  # the true means over the examples of all ranks
             means.sums, means.count = _reduced(means, f"the end of epoch {epoch}")
         if means.count == 0:

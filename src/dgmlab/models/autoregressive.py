@@ -143,6 +143,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmlab import checks
 from dgmlab.densities import bernoulli_log_likelihood
 from dgmlab.errors import CapabilityError, ModelConfigError
 from dgmlab.models.masked import MASKED_ACTIVATIONS, autoregressive_masks, hidden_degrees, masked_forward
@@ -208,11 +209,12 @@ class AutoregressiveBinaryModel(nn.Module):
         return rows.to(self._dtype())
 
     def _as_binary_rows(self, x: Tensor) -> Tensor:
-        """As ``_as_rows``, and also checks that every value is 0 or 1 (one elementwise pass)."""
+        """As ``_as_rows``, and also checks that every value is 0 or 1 (one elementwise pass; deferred inside
+        :func:`dgmlab.checks.deferred`)."""
         rows = self._as_rows(x)
-        if ((rows != 0) & (rows != 1)).any():
-            raise ValueError(f"{type(self).__name__}: log_prob is a density over binary vectors, so every value "
-                             f"must be 0 or 1; binarize grey levels first (e.g. torch.bernoulli(x))")
+        checks.require(((rows == 0) | (rows == 1)).all(), lambda: (
+            f"{type(self).__name__}: log_prob is a density over binary vectors, so every value must be 0 or 1; "
+            f"binarize grey levels first (e.g. torch.bernoulli(x))"))
         return rows
 
     def _dtype(self) -> torch.dtype:

@@ -176,6 +176,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmlab import checks
 from dgmlab.densities import bernoulli_log_likelihood
 from dgmlab.errors import CapabilityError, ModelConfigError
 from dgmlab.utils import check_int, eval_mode
@@ -420,11 +421,9 @@ class RasterScanModel(nn.Module):
         ``x`` should be binary; values in [0, 1] give a cross-entropy. Exact only in evaluation mode
         (BatchNorm running statistics), see the module docstring."""
         x = self._check_images(x)
-        if bool(((x < 0) | (x > 1)).any()):
-            raise ValueError(
-                f"{type(self).__name__}: x must hold pixel values in [0, 1] (binary images), got values in "
-                f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
-            )
+        checks.require(((x >= 0) & (x <= 1)).all(), lambda: (
+            f"{type(self).__name__}: x must hold pixel values in [0, 1] (binary images), got values in "
+            f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"))
         logits = self._logits(_channels_last(x), self._one_hot(context, x.shape[0]))
         # x log sigma(l) + (1 - x) log(1 - sigma(l)), stably from logits
         return bernoulli_log_likelihood(x.unsqueeze(-1), logits.unsqueeze(-1))

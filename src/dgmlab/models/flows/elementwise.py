@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmlab import checks
 from dgmlab.errors import ModelConfigError
 from dgmlab.models.flows.base import Transform, register_transform_example, sum_except_batch
 from dgmlab.utils import check_int
@@ -110,9 +111,9 @@ class Logit(Transform):
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
-        if not bool(((x >= 0) & (x <= 1)).all()):
-            raise ValueError(f"Logit: inputs must lie in [0, 1] (scale data there first), got values in "
-                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+        checks.require(((x >= 0) & (x <= 1)).all(), lambda: (
+            f"Logit: inputs must lie in [0, 1] (scale data there first), got values in "
+            f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"))
         # (L1) p = alpha + (1 - 2 alpha) x
         p = self.alpha + (1 - 2 * self.alpha) * x
         # (L2) y = log p - log(1 - p)
