@@ -75,6 +75,15 @@ them), and a collective that fails because another rank died or hung raises
 
 A loss term that becomes NaN or infinite stops the run with :class:`~dgmlab.errors.NonFiniteLossError`,
 naming the term, the epoch and the step; the last checkpoint is left as it was.
+
+**Reads from the device.** A step's values that the host needs (each term's batch sum for the running means,
+whether a term is finite, the models' input checks such as "every value is 0 or 1") are read from the device
+together, in one transfer: after every step on the CPU, where a read waits for nothing (so a non-finite loss
+never reaches a gradient), and after every ``SYNC_EVERY`` (32) steps on an accelerator, whose queue of
+kernels each read would otherwise empty. The models' checks are deferred there through
+:func:`dgmlab.checks.deferred`. A bad step is then found up to 31 steps late but reported at its own step,
+and the values are read again before every checkpoint, so none holds a model that a bad step has reached.
+The numbers are the same on either schedule.
 """
 
 from __future__ import annotations
