@@ -315,3 +315,23 @@ def test_train_step_flops_counts_the_vae_step_exactly_and_bounds_it_by_its_own_p
     assert row["heavy_calls_per_step"] == 4 + 4 + 3 and row["compiled"] is False
     assert 0 < row["fraction_of_limit"] < 1.5 and row["limit_gflops"] > row["achieved_gflops"] * 0.6
     assert row["achieved_gflops"] == pytest.approx(expected / 1e9 / (row["ms_per_step"] / 1e3), rel=0.01)
+
+
+def test_train_compile_speed_times_the_trainers_eager_and_compiled_steps(tmp_path):
+    import torch
+
+    from dgmlab.train import compiler_missing
+
+    out = tmp_path / "compile.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "train_compile_speed.py"), "--models", "ae",
+               "--threads", "1", "--steps", "2", "--rounds", "2", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["model"] == "ae" and row["batch"] == 256 and row["threads"] == 1
+    assert row["compiled"] is (compiler_missing(torch.device("cpu")) is None)  # compiled, or said why not
+    assert len(row["eager_ms_all_rounds"]) == len(row["compiled_ms_all_rounds"]) == 2
+    assert row["speedup_eager_over_compiled"] == pytest.approx(
+        row["eager_ms_per_step"] / row["compiled_ms_per_step"], rel=0.01)
+    assert row["first_call_seconds"] > row["compiled_ms_per_step"] / 1e3  # the first call compiles
+    assert "ae 1 thread(s): eager" in done.stdout

@@ -336,3 +336,20 @@ def test_output_piped_into_a_reader_that_stops_early_is_no_error(tmp_path):
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 0, stderr
     assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
+
+
+def test_compile_flag_reaches_the_config_and_resume_and_warns_where_it_cannot_compile(tiny_config, tmp_path,
+                                                                                      capsys, monkeypatch):
+    import dgmlab.train
+
+    monkeypatch.setattr(dgmlab.train.shutil, "which", lambda name: None)  # no C++ compiler: the eager fallback
+    monkeypatch.delenv("CXX", raising=False)
+    run = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="without torch.compile: no C\\+\\+ compiler"):
+        code, _, err = run_main(["train", "--config", tiny_config, "--out", run, "--epochs", "1", "--compile"],
+                                capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
+    code, _, err = run_main(["train", "--resume", run, "--epochs", "2"], capsys)  # the run's own setting
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["train"]["compile"] is True

@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=PRECISION_CHOICES,
                        help="fp32 (default) or bf16: training steps under bfloat16 autocast, weights and "
                             "evaluation in fp32 (faster where the CPU or GPU has native bfloat16, e.g. AVX-512 BF16)")
+    train.add_argument("--compile", action="store_true",
+                       help="run each training step's forward pass and loss under torch.compile (inductor; "
+                            "needs a C++ compiler on the CPU, else it warns and trains without); evaluation "
+                            "is not compiled")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                        help="override any config value, e.g. --set objective.coeff=1e-3 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -223,14 +227,16 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f'train.precision="{args.precision}"')
     if args.no_progress:
         overrides.append("train.progress=false")
+    if args.compile:
+        overrides.append("train.compile=true")
     if args.resume is not None:
         if args.overwrite:
             raise CLIError("--resume continues a run and --overwrite replaces it; give one of them")
         if args.out is not None or args.overrides or args.lr or args.batch_size or args.seed is not None:
-            raise CLIError("--resume continues a run with its own config; only --epochs, --device, --precision "
-                           "and --no-progress may be given with it")
+            raise CLIError("--resume continues a run with its own config; only --epochs, --device, --precision, "
+                           "--compile and --no-progress may be given with it")
         run_dir = resume_run(args.resume, epochs=args.epochs, device=args.device, precision=args.precision,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, compile=True if args.compile else None)
     else:
         run_dir = train_run(args.config, out=args.out, overrides=overrides, overwrite=args.overwrite)
     _report(f"run written to {run_dir}")

@@ -62,6 +62,13 @@ times the typical norm): ``TrainSettings.grad_clip_norm = c`` rescales the gradi
 linearly, ``eta_t = eta * lr_decay^(epoch - 1) * (t + 1) / T`` for the first ``T`` steps (Glow's warm-up),
 then hands it back to the per-epoch decay.
 
+**Compiled steps.** With ``TrainSettings.compile = True`` (``compile = true`` in ``[train]``, ``dgmlab
+train --compile``) each training step's forward pass and loss run through :class:`CompiledStep`: under
+``torch.compile`` (inductor), one static graph per batch shape, with PyTorch's own random draws, so a
+compiled run differs from an eager one only by the rounding of fused kernels and resumes exactly as an
+eager one does; evaluation stays eager. Where inductor cannot compile (no C++ compiler on the CPU, a
+compiler error), it warns and trains eagerly. One process only: under ``torchrun`` it is refused.
+
 **Many processes.** Under ``torchrun`` (:mod:`dgmlab.distributed`), ``fit`` trains in the process group it
 finds: the model is wrapped in ``DistributedDataParallel`` (no per-step buffer broadcast), each rank takes
 its contiguous slice of every global batch of ``train_batches`` and backpropagates
@@ -92,8 +99,10 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import statistics
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,6 +142,7 @@ class TrainSettings:
     precision: str = "fp32"  # "bf16": training steps under bfloat16 autocast (module docstring); evaluation in fp32
     grad_clip_norm: float | None = None  # rescale the gradient to at most this L2 norm before each step (None: off)
     warmup_steps: int = 0  # the learning rate ramps up linearly over the first this many steps (0: off)
+    compile: bool = False  # each training step's forward pass and loss under torch.compile (module docstring)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for settings that cannot work."""
@@ -167,6 +177,8 @@ class TrainSettings:
                              f"got {clip!r}")
         if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0 (0: no warm-up), got {self.warmup_steps!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (bf16: mixed precision for the "
                              f"training steps), got {self.precision!r}")
@@ -502,6 +514,9 @@ def fit(
         raise TrainingError("resume=True needs the run directory to resume from")
     if resume and overwrite:
         raise TrainingError("resume=True continues the run in run_dir and overwrite=True replaces it; pass one")
+    if settings.compile and distributed.current().distributed:
+        raise TrainingError("compile = true trains one process; on many processes (torchrun) train without it "
+                            "(the default)")
     if run_path is None:
         return _train(model, objective, train_batches, test_batches, settings, device, step_precision, None,
                       config, False, description, bar_position)
@@ -531,6 +546,73 @@ def _barrier(where: str) -> None:
         distributed.barrier()
     except (distributed.dist.DistError, RuntimeError) as error:
         raise distributed.peer_failure(error, where) from error
+
+
+def compiler_missing(device: torch.device) -> str | None:
+    """Why ``torch.compile`` (inductor) cannot compile for ``device`` here, or ``None`` when nothing is known
+    to be missing: on the CPU inductor writes C++ and needs a C++ compiler."""
+    if device.type == "cpu":
+        names = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+        if not any(name and shutil.which(name) for name in names):
+            return ("no C++ compiler was found (g++, c++ or clang++, or $CXX), which torch.compile needs on the "
+                    "CPU; install one (e.g. apt install g++)")
+    return None
+
+
+# what torch.compile raises when it cannot compile (a user's own error inside the step surfaces as itself
+# when the step then runs eagerly)
+_COMPILE_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    global _COMPILE_ERRORS
+    if not _COMPILE_ERRORS:
+        from torch._dynamo.exc import TorchDynamoException
+        from torch._inductor.exc import InductorError
+
+        _COMPILE_ERRORS = (TorchDynamoException, InductorError)
+    return _COMPILE_ERRORS
+
+
+class CompiledStep:
+    """``step(*batch)`` under ``torch.compile`` (inductor), or ``step`` itself, with a warning, where it cannot
+    compile: no C++ compiler on the CPU, or a compiler error at a call (that step is run again eagerly from
+    the same random state, and so is the rest of the run). ``reason`` says why it runs eagerly (``None``
+    while compiled).
+
+    One static graph per batch shape (``dynamic=False``: a short last batch adds one compilation, not symbolic
+    shapes), and the random draws inside the step (a VAE's epsilon) are PyTorch's own (inductor's
+    ``fallback_random``), so a compiled step draws what the eager one draws and differs from it only by the
+    rounding of fused kernels."""
+
+    def __init__(self, step: Any, device: torch.device) -> None:
+        self.eager = step
+        self.device = device
+        self.reason = compiler_missing(device)
+        self.compiled = (None if self.reason else
+                         torch.compile(step, dynamic=False, options={"fallback_random": True}))
+        if self.reason:
+            self._warn()
+
+    def _warn(self) -> None:
+        warnings.warn(f"training without torch.compile: {self.reason}", RuntimeWarning, stacklevel=3)
+
+    def __call__(self, *batch: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*batch)
+        cuda = self.device.type == "cuda"
+        state = torch.get_rng_state(), (torch.cuda.get_rng_state(self.device) if cuda else None)
+        try:
+            return self.compiled(*batch)
+        except _compile_errors() as error:
+            self.compiled = None
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            self.reason = f"it could not compile the step ({lines[0][:300]})"
+            self._warn()
+            torch.set_rng_state(state[0])
+            if cuda:
+                torch.cuda.set_rng_state(state[1], self.device)
+            return self.eager(*batch)
 
 
 class _ObjectiveStep(nn.Module):
@@ -596,6 +678,8 @@ def _train_body(model: nn.Module, objective: Objective, train_batches: Iterable[
 
     model.train()
     step_model: nn.Module | None = None
+    # the single-process step under torch.compile, when asked for (evaluation is never compiled)
+    compiled = CompiledStep(_ObjectiveStep(model, objective), device) if settings.compile else None
     shards: Iterable[Any] = train_batches
     if ranks.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -645,7 +729,10 @@ def _train_body(model: nn.Module, objective: Objective, train_batches: Iterable[
             if step_model is None:
                 batch = item
                 with step_precision:
-                    out = objective(model, _to_device(batch, device))
+                    if compiled is None:
+                        out = objective(model, _to_device(batch, device))
+                    else:
+                        out = compiled(*_to_device(batch, device))
             else:
                 batch, global_size = item
                 # randomness inside the objective (a VAE's epsilon): a stream of its own per (seed, step, rank)

@@ -90,11 +90,11 @@ def train_run(config_path: str | Path, out: str | Path | None = None, overrides:
 
 
 def resume_run(run_dir: str | Path, epochs: int | None = None, device: str | None = None,
-               precision: str | None = None, progress: bool = True) -> Path:
+               precision: str | None = None, progress: bool = True, compile: bool | None = None) -> Path:
     """Continue a run from its last checkpoint (inside an epoch, if it was written there), up to ``epochs``
-    in total (default: its configured epochs), optionally on another ``device`` or in another training
-    ``precision`` (``"fp32"`` or ``"bf16"``). A run in use by another process is refused
-    (:class:`~dgmlab.errors.RunLockedError`)."""
+    in total (default: its configured epochs), optionally on another ``device``, in another training
+    ``precision`` (``"fp32"`` or ``"bf16"``) or with compiled steps switched on or off (``compile``). A run
+    in use by another process is refused (:class:`~dgmlab.errors.RunLockedError`)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -108,6 +108,8 @@ def resume_run(run_dir: str | Path, epochs: int | None = None, device: str | Non
         train_table["device"] = device
     if precision is not None:
         train_table["precision"] = precision
+    if compile is not None:
+        train_table["compile"] = compile
     train_table["progress"] = progress
     model, objective, data = prepare(config)
     settings = build_settings(config)
