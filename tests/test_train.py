@@ -458,3 +458,25 @@ def test_warmup_ramps_the_learning_rate_linearly_then_hands_it_back(tmp_path):
         optimizer = _optimizer_after(tmp_path / str(steps), settings, scale=1.0)
         lr = optimizer.param_groups[0]["lr"] / (0.5 if steps == 12 else 1.0)  # the decay after the last epoch
         assert lr == pytest.approx(expected, rel=1e-12)
+
+
+def test_data_moves_to_an_accelerator_once_when_it_fits_in_a_quarter_of_its_free_memory(monkeypatch):
+    import dgmlab.train as train_module
+
+    x = torch.zeros(100, 12)  # 4,800 bytes
+    batches = TensorBatches(x, torch.arange(100), batch_size=32, seed=4)
+    batches.set_epoch(3)
+    meta = torch.device("meta")  # stands for a GPU: a device that is not the CPU
+    monkeypatch.setattr(train_module, "_free_bytes", lambda device: 4 * (4_800 + 800))
+    moved = train_module.resident(batches, meta)
+    assert moved is not batches and moved.device.type == "meta" and batches.device.type == "cpu"
+    assert (moved.batch_size, moved.seed, moved.epoch, len(moved)) == (32, 4, 3, len(batches))
+    assert train_module.resident(moved, meta) is moved  # already there
+    monkeypatch.setattr(train_module, "_free_bytes", lambda device: 4 * (4_800 + 800) - 1)
+    assert train_module.resident(batches, meta) is batches  # more than a quarter of the free memory
+    monkeypatch.setattr(train_module, "_free_bytes", lambda device: None)
+    assert train_module.resident(batches, meta) is batches  # free memory unknown
+    assert train_module.resident(batches, torch.device("cpu")) is batches
+    loader = torch.utils.data.DataLoader(x, batch_size=8)
+    assert train_module.resident(loader, meta) is loader  # only TensorBatches are moved
+    assert train_module.resident(None, meta) is None
