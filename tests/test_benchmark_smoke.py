@@ -335,3 +335,18 @@ def test_train_compile_speed_times_the_trainers_eager_and_compiled_steps(tmp_pat
         row["eager_ms_per_step"] / row["compiled_ms_per_step"], rel=0.01)
     assert row["first_call_seconds"] > row["compiled_ms_per_step"] / 1e3  # the first call compiles
     assert "ae 1 thread(s): eager" in done.stdout
+
+
+def test_batch_size_benchmark_trains_each_factor_for_the_same_time_and_evaluates_it(tmp_path):
+    out = tmp_path / "batch.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "batch_size_equal_time.py"), "--configs", "made",
+               "--factors", "1,2", "--minutes", "0.03", "--limit", "1000", "--test-limit", "300", "--threads", "1",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    small, large = json.loads(out.read_text())["rows"]
+    assert (small["batch_size"], large["batch_size"]) == (256, 512)
+    assert large["lr"] == pytest.approx(small["lr"] * math.sqrt(2))  # the square-root rule
+    assert small["examples_seen"] == small["steps"] * 256 and small["steps"] >= 1 and large["steps"] >= 1
+    for row in (small, large):  # exact NLL in nats of binarized digits: below coin flips after some steps
+        assert 0 < row["test_loss"] < 784 * math.log(2) and row["loss_units"] == "nats"
