@@ -18,14 +18,13 @@ it answers: would a larger default batch reach a loss no worse in the same time?
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from arguments import numbers, write_rows
 
 from dgmlab.config import apply_overrides, build_settings, load_bundled_config
 from dgmlab.experiments.runs import prepare
@@ -90,8 +89,10 @@ def run(name: str, factor: int, minutes: float, lr_scaling: str, limit: int | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="vae_bernoulli,made", help="comma-separated bundled configs")
-    parser.add_argument("--factors", default="1,2,4", help="comma-separated batch-size multipliers")
+    parser.add_argument("--configs", type=numbers(str), default=["vae_bernoulli", "made"],
+                        help="comma-separated bundled configs")
+    parser.add_argument("--factors", type=numbers(int), default=[1, 2, 4],
+                        help="comma-separated batch-size multipliers")
     parser.add_argument("--minutes", type=float, default=1.5, help="training time of every run")
     parser.add_argument("--lr-scaling", choices=("sqrt", "none"), default="sqrt")
     parser.add_argument("--threads", type=int, default=2)
@@ -99,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-limit", type=int, default=None, help="first N test examples (smoke runs)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    factors = [int(f) for f in args.factors.split(",") if f]
+    factors = args.factors
     if not factors or any(f < 1 for f in factors) or not args.minutes > 0 or args.threads < 1:
         parser.error("--factors must be positive integers, --minutes and --threads positive")
     torch.set_num_threads(args.threads)
     rows = []
-    for name in [c for c in args.configs.split(",") if c]:
+    for name in args.configs:
         for factor in factors:
             row = run(name, factor, args.minutes, args.lr_scaling, args.limit, args.test_limit)
             rows.append(row)
@@ -112,12 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({row['epochs']:.2f} epochs) in {row['train_seconds']:.0f} s, test loss {row['test_loss']:.3f}",
                   flush=True)
     if args.out is not None:
-        result = {"setting": f"{args.minutes} min per run, lr scaling {args.lr_scaling}, {args.threads} threads, cpu",
-                  "torch_version": torch.__version__, "machine": platform.processor() or platform.machine(),
-                  "rows": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"written to {args.out}")
+        write_rows(args.out, f"{args.minutes} min per run, lr scaling {args.lr_scaling}, {args.threads} threads, "
+                             f"cpu", rows)
     return 0
 
 

@@ -22,11 +22,9 @@ Models: the problem set 1 networks at its batch size 256 (``ae``: the autoencode
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from arguments import numbers, write_rows
 
 from dgmlab.models import AE, MADE, VAE
 from dgmlab.objectives import exact_nll, negative_elbo, pset_mse_kl, reconstruction_mse
@@ -111,8 +110,9 @@ def measure(name: str, steps: int, rounds: int, device: torch.device) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (CPU)")
+    parser.add_argument("--models", type=numbers(str), default=list(MODELS),
+                        help="comma-separated, from " + ", ".join(MODELS))
+    parser.add_argument("--threads", type=numbers(int), default=[1, 2], help="comma-separated thread counts (CPU)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds, alternating which variant goes first")
     parser.add_argument("--device", default="cpu")
@@ -123,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dgmlab-inductor-")
-    models = [m for m in args.models.split(",") if m]
+    models = args.models
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    threads = [int(t) for t in args.threads.split(",") if t]
+    threads = args.threads
     if any(t < 1 for t in threads) or args.steps < 1 or args.rounds < 1:
         parser.error("--threads, --steps and --rounds must be positive")
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
@@ -143,13 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"first call {row['first_call_seconds']:.1f} s, repaid after "
                   f"{row['steps_to_repay_compilation']} steps", flush=True)
     if args.out is not None:
-        result = {"setting": f"{args.steps} steps x {args.rounds} rounds, alternating, {args.device}, "
-                             f"{'warm' if args.warm_cache else 'empty'} inductor cache",
-                  "torch_version": torch.__version__, "machine": platform.processor() or platform.machine(),
-                  "rows": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"written to {args.out}")
+        write_rows(args.out, f"{args.steps} steps x {args.rounds} rounds, alternating, {args.device}, "
+                             f"{'warm' if args.warm_cache else 'empty'} inductor cache", rows)
     return 0
 
 
