@@ -182,7 +182,7 @@ def test_the_neumann_gradient_is_unbiased_and_the_value_is_the_same_estimate():
 
     def projected_gradient(value):
         grads = torch.autograd.grad(value, parameters, allow_unused=True)  # the last bias leaves J_g alone
-        return sum((gr * u).sum() for gr, u in zip(grads, direction) if gr is not None)
+        return sum((gr * u).sum() for gr, u in zip(grads, direction, strict=True) if gr is not None)
 
     gx, inner = g_and_input(g, point)
     exact = projected_gradient(logdet_exact(gx, inner, create_graph=True).sum())

@@ -6,7 +6,8 @@ grid), :mod:`~dgmlab.plots.curves` (training curves, Monte-Carlo convergence),
 :mod:`~dgmlab.plots.point_clouds` (3-D point clouds), :mod:`~dgmlab.plots.density` (receptive fields and
 per-pixel likelihoods of density models, grids of 2-D densities), :mod:`~dgmlab.plots.image_priors`
 (eigenvectors of a patch mixture, likelihood against its size), :mod:`~dgmlab.plots.quantizers` (codebook
-usage against the vocabulary size) and :mod:`~dgmlab.plots.saving`; the
+usage against the vocabulary size), :mod:`~dgmlab.plots.residual` (the estimators of invertible residual
+blocks against their bounds) and :mod:`~dgmlab.plots.saving`; the
 computations they rely on
 (PCA, power-law fits) are in :mod:`dgmlab.numerics`, and the HTML of interactive views in
 :mod:`~dgmlab.plots.templates`. Every figure is importable from here: ``from dgmlab import plots;
@@ -35,6 +36,7 @@ from dgmlab.plots.images import completions, image_grid, interpolation, reconstr
 from dgmlab.plots.latents import latent_grid_points, latent_manifold, latent_scatter, latent_vs_angles
 from dgmlab.plots.point_clouds import equal_axis_limits, point_cloud_3d, point_cloud_overlay
 from dgmlab.plots.quantizers import codebook_usage_against_size
+from dgmlab.plots.residual import estimator_cost_bars, inverse_error_curves, logdet_bias_curves, probe_variance_curves
 from dgmlab.plots.saving import save_figure
 
 __all__ = [
@@ -45,19 +47,23 @@ __all__ = [
     "power_spectra",
     "completions",
     "equal_axis_limits",
+    "estimator_cost_bars",
     "fit_power_law",
     "image_grid",
     "interpolation",
+    "inverse_error_curves",
     "kl_estimator_convergence",
     "latent_grid_points",
     "latent_manifold",
     "latent_scatter",
     "latent_vs_angles",
+    "logdet_bias_curves",
     "loss_curves",
     "pixel_nll_heatmap",
     "point_cloud_3d",
     "point_cloud_overlay",
     "principal_components",
+    "probe_variance_curves",
     "receptive_field_map",
     "reconstructions",
     "save_figure",

@@ -133,9 +133,10 @@ def fixed_point_inverse(g: nn.Module, y: Tensor, *, iterations: int = 100, atol:
     x = y.clone()
     iterates = [x]
     steps = 0
-    for steps in range(1, iterations + 1):
+    while steps < iterations:
         # x^(k+1) = y - g(x^(k))
         x_next = y - g(x)
+        steps += 1
         change = _norms(x_next - x)
         x = x_next
         if history:
