@@ -124,3 +124,27 @@ def test_interpolation_in_z_starts_and_ends_at_the_two_images():
     z, _ = model.transform(path)
     middle = 0.5 * (z[0] + z[-1])
     torch.testing.assert_close(z[2], middle)  # the midpoint image maps to the midpoint in z
+
+
+@pytest.mark.parametrize("config", ["iresnet_mnist", "residual_flow_mnist"])
+def test_a_residual_flow_trains_and_its_eval_says_the_number_is_an_estimate(config, tmp_path, capsys, single_thread):
+    from dgmlab.experiments.runs import evaluate_run
+
+    run = tmp_path / config
+    args = ["train", "--config", config, "--out", str(run), "--epochs", "2", "--no-progress",
+            "--set", "model.blocks=1", "--set", "model.hidden=8", "--set", "data.limit=256",
+            "--set", "data.test_limit=8", "--set", "data.batch_size=64"]
+    assert main(args) == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train"]["nll"] < records[0]["train"]["nll"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    expected = "power series truncated at 5 terms" if config == "iresnet_mnist" else "Russian roulette"
+    assert expected in evaluated["log_prob_estimator"]
+    assert "test_exact" not in evaluated  # 784 values per image: the exact log-determinant only when asked
+    forced = evaluate_run(run, device="cpu", exact_logdet=True)
+    # the estimate and the exact value of the same model on the same 8 images: close, not equal
+    difference = abs(forced["test_bits_per_dim_exact"] - forced["test_bits_per_dim"])
+    assert 0 < difference < 0.05
+    assert main(["sample", str(run), "--n", "4", "--temperature", "0.7", "--out", str(tmp_path / "s.png")]) == 0

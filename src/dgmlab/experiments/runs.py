@@ -34,6 +34,7 @@ from dgmlab.models.protocols import (
     Completer,
     DataInitialized,
     DensityModel,
+    EstimatedDensity,
     LatentVariableModel,
     PerDimensionDensity,
     Sampler,
@@ -133,12 +134,22 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[
     return model, config
 
 
-def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto") -> dict[str, Any]:
+#: The largest example size for which :func:`evaluate_run` adds the exact log-density of a model whose
+#: ``log_prob`` is an estimate (:class:`~dgmlab.models.protocols.EstimatedDensity`) without being asked: the
+#: exact log-determinant costs one backward pass per dimension and block.
+EXACT_EVAL_MAX_DIMENSION = 64
+
+
+def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto",
+                 exact_logdet: bool | None = None) -> dict[str, Any]:
     """Test-split metrics of a trained run: the mean of every term of its objective; for a latent-variable
     model also the negative ELBO and, if ``iw_samples`` > 0, the importance-weighted NLL bound ``-L_k``, in
     nats; for a density model whose objective reports bits per dimension (the ``nll`` objective) also
-    ``test_bits_per_dim`` (of the 8-bit images for a flow on dequantized images). Writes ``eval.json`` into the
-    run directory."""
+    ``test_bits_per_dim`` (of the 8-bit images for a flow on dequantized images). For a model whose
+    ``log_prob`` is an estimate (an invertible residual network), ``log_prob_estimator`` says which, and
+    ``test_exact`` holds the same metrics with the exact log-determinant: by default when one example has at most
+    :data:`EXACT_EVAL_MAX_DIMENSION` values; ``exact_logdet=True`` forces it, ``False`` skips it. Writes
+    ``eval.json`` into the run directory."""
     run_dir = Path(run_dir)
     model, config = load_run(run_dir, device=device)
     if iw_samples > 0 and not isinstance(model, LatentVariableModel):
@@ -157,6 +168,19 @@ def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto")
     if "bits_per_dim" in results["test"]:
         # a density model's test NLL in bits per dimension (for dequantized 8-bit images: the 8-bit bound)
         results["test_bits_per_dim"] = results["test"]["bits_per_dim"]
+    if isinstance(model, EstimatedDensity):
+        results["log_prob_estimator"] = model.log_prob_estimator()
+        if exact_logdet is None:
+            exact_logdet = model.exact_dimension() <= EXACT_EVAL_MAX_DIMENSION
+        if exact_logdet and results["log_prob_estimator"] != "exact":
+            settings_before = model.estimator_settings()
+            model.set_estimator("exact")
+            try:
+                results["test_exact"] = evaluate(model, objective, data.test, dev, seed=settings.seed)
+            finally:
+                model.set_estimator(**settings_before)
+            if "bits_per_dim" in results["test_exact"]:
+                results["test_bits_per_dim_exact"] = results["test_exact"]["bits_per_dim"]
     if isinstance(model, LatentVariableModel):
         results["test_neg_elbo_nats"] = evaluate(
             model, lambda m, b: negative_elbo(m, b[0]), data.test, dev, seed=settings.seed)["loss"]

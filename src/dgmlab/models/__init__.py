@@ -15,7 +15,7 @@ from dgmlab.models.autoencoders import AE, VAE, AEOutput, VAEOutput
 from dgmlab.models.autoregressive import FVSBN, MADE, NADE, BengioNet, all_binary_configurations
 from dgmlab.models.deep_image_prior import SkipNet
 from dgmlab.models.flow_vae import PlanarVAE
-from dgmlab.models.flows import Glow
+from dgmlab.models.flows import Glow, InvertibleResNet, ResidualFlow
 from dgmlab.models.mixtures import GaussianMixture, em_fit, kmeans
 from dgmlab.models.pixelcnn import CategoricalPixelCNN, GatedPixelCNN, MaskedConv2d, PixelCNN, receptive_field
 from dgmlab.models.point_vae import POINT_DECODERS, PointVAE, PositionalEncoding3D
@@ -25,6 +25,7 @@ from dgmlab.models.protocols import (
     ConditionalModel,
     DataInitialized,
     DensityModel,
+    EstimatedDensity,
     FlowPosterior,
     ImageModel,
     LatentVariableModel,
@@ -71,6 +72,9 @@ def register_model(name: str, constructor: Callable[..., nn.Module], input_dim_a
 
 
 register_model("vae_planar", PlanarVAE, input_dim_argument="input_dim")  # VAE + amortised planar-flow posterior
+# invertible residual networks: the log-determinant's estimator is a setting (logdet = "exact" | "series" | "roulette")
+register_model("iresnet", InvertibleResNet, input_dim_argument="features")
+register_model("residual_flow", ResidualFlow, input_dim_argument="features")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -100,12 +104,13 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = ["AE", "VAE", "AEOutput", "VAEOutput", "MODELS", "ModelConfigError", "build_model", "count_parameters",
            "register_model"]
-__all__ += ["Autoencoder", "Completer", "ConditionalModel", "DataInitialized", "DensityModel", "ImageModel",
-            "LatentVariableModel", "PerDimensionDensity", "Sampler", "context_classes"]
+__all__ += ["Autoencoder", "Completer", "ConditionalModel", "DataInitialized", "DensityModel", "EstimatedDensity",
+            "ImageModel", "LatentVariableModel", "PerDimensionDensity", "Sampler", "context_classes"]
 __all__ += ["POINT_DECODERS", "PointVAE", "PositionalEncoding3D", "INPUT_DIM_ARGUMENT"]
 __all__ += ["FVSBN", "BengioNet", "NADE", "MADE", "all_binary_configurations"]
 __all__ += ["PixelCNN", "GatedPixelCNN", "CategoricalPixelCNN", "MaskedConv2d", "receptive_field"]
 __all__ += ["VQVAE", "VQVAEPrior"]
+__all__ += ["InvertibleResNet", "ResidualFlow"]
 __all__ += ["FlowPosterior", "PlanarVAE"]
 __all__ += ["GaussianMixture", "em_fit", "kmeans"]  # fitted by EM (dgmlab.models.mixtures), not by the trainer
 __all__ += ["SkipNet"]  # fitted to one image by dgmlab.restoration.deep_image_prior, not by the trainer

@@ -132,6 +132,22 @@ class Completer(Protocol):
 
 
 @runtime_checkable
+class EstimatedDensity(Protocol):
+    """A density model whose ``log_prob`` may be a stochastic estimate (an invertible residual network's
+    log-determinant): ``log_prob_estimator()`` says what it computes (``"exact"`` or the estimator);
+    ``exact_dimension()`` is what the exact value costs (backward passes per block); ``set_estimator(logdet,
+    **settings)`` and ``estimator_settings()`` switch to another estimator and back."""
+
+    def log_prob_estimator(self) -> str: ...
+
+    def exact_dimension(self) -> int: ...
+
+    def set_estimator(self, logdet: str | None = None, **settings: Any) -> None: ...
+
+    def estimator_settings(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class DataInitialized(Protocol):
     """A model with a data-dependent initialisation, run once before training on the training examples
     (all of them, in the data's training view: ``[N, *example_shape]``; the model takes what it needs, e.g.
@@ -195,6 +211,7 @@ __all__ = [
     "ConditionalModel",
     "DataInitialized",
     "DensityModel",
+    "EstimatedDensity",
     "FlowPosterior",
     "ImageModel",
     "LatentVariableModel",
