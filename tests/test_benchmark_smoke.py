@@ -123,6 +123,23 @@ def test_glow_benchmark_smoke_run_reports_the_full_accounting_and_figures(tmp_pa
 
 
 @pytest.mark.slow
+def test_the_residual_flow_mnist_benchmark_names_its_estimator_and_adds_up(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "flow_mnist_bpd.py"), "--family", "residual_flow",
+               "--minutes", "0.03", "--train-limit", "256", "--eval-limit", "32", "--blocks", "1", "--hidden", "8",
+               "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["published_bits_per_dim"] == 0.97 and "Russian roulette" in result["log_prob_estimator"]
+    terms = result["test_accounting_nats"]
+    blocks = [value for key, value in terms.items() if key.endswith(":ResidualBlock")]
+    assert len(blocks) == 2  # one block per level, each with its own (estimated) log-determinant
+    total = -sum(value for key, value in terms.items() if key not in ("D_log_256", "nll")) + terms["D_log_256"]
+    assert terms["nll"] == pytest.approx(total, abs=0.1)
+    assert 0 < result["test_bits_per_dim"] < 9
+
+
+@pytest.mark.slow
 def test_normflows_side_by_side_smoke_run_times_and_evaluates_both(tmp_path):
     pytest.importorskip("normflows")
     out = tmp_path / "speed.json"

@@ -379,9 +379,9 @@ class InvertibleResNet(Flow):
                     g = lipschitz_cnn(c, hidden, (h, w), coefficient=coefficient, activation=activation,
                                       power_iterations=power_iterations)
                     transforms.append(ResidualBlock(g, **estimator))
+            transforms.append(_Flatten((c, h, w)))
             self_shape = tuple(int(v) for v in image_shape)
-        base = StandardNormal((total,)) if image_shape is None else _FlatNormal(total, (c, h, w))
-        super().__init__(base, Compose(*transforms))
+        super().__init__(StandardNormal((total,)), Compose(*transforms))
         self.example_shape = self_shape
         if image_shape is not None:
             self.image_shape = self_shape
@@ -435,15 +435,19 @@ class InvertibleResNet(Flow):
         super().initialize_from_data(examples, limit=limit)
 
 
-class _FlatNormal(StandardNormal):
-    """:math:`\\mathcal N(0, I)` over images ``[B, C, H, W]`` (a flow with no factored-out parts ends in images)."""
+class _Flatten(Transform):
+    """Images ``[B, C, H, W]`` to vectors ``[B, C*H*W]`` and back (a reshape: log-determinant 0), so the base
+    space of an image flow is flat, as Glow's."""
 
-    def __init__(self, total: int, final_shape: tuple[int, int, int]) -> None:
-        super().__init__((total,))
-        self.final_shape = final_shape
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
-        return super().sample(n, generator=generator, temperature=temperature).reshape(n, *self.final_shape)
+    def forward(self, x: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
+        return x.flatten(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor, *, context: Any = None) -> tuple[Tensor, Tensor]:
+        return y.reshape(len(y), *self.shape), y.new_zeros(y.shape[0])
 
 
 class ResidualFlow(InvertibleResNet):
