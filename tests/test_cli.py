@@ -55,7 +55,7 @@ def test_help_lists_every_subcommand():
     from dgmlab.cli import COMMANDS
 
     text = build_parser().format_help()
-    assert {"train", "eval", "sample", "pset1", "potentials"} <= set(COMMANDS)
+    assert {"train", "eval", "sample", "pset1", "potentials", "residual-estimators"} <= set(COMMANDS)
     for command in COMMANDS:
         assert command in text
         sub = subprocess.run([sys.executable, "-m", "dgmlab.cli", command, "--help"], capture_output=True, text=True,
@@ -73,6 +73,29 @@ def test_potentials_arguments_reach_run_potentials(tmp_path, monkeypatch, capsys
     assert calls == [(tmp_path / "p", {"quick": True, "config": "planar_potentials", "seed": 3, "overwrite": True,
                                        "progress": False, "workers": 0})]
     assert f"results written to {tmp_path / 'p'}" in capsys.readouterr().out
+
+
+def test_residual_estimators_arguments_reach_their_run(tmp_path, monkeypatch, capsys):
+    import dgmlab.experiments.residual_estimators as residual
+
+    calls = []
+    monkeypatch.setattr(residual, "run_residual_estimators", lambda out, **kwargs: calls.append((out, kwargs)) or out)
+    assert main(["residual-estimators", "--quick", "--out", str(tmp_path / "r"), "--seed", "5", "--overwrite"]) == 0
+    assert calls == [(tmp_path / "r", {"quick": True, "seed": 5, "overwrite": True})]
+    assert main(["residual-estimators"]) == 0
+    assert calls[-1] == (Path("runs/residual_estimators"), {"quick": False, "seed": 0, "overwrite": False})
+    assert f"results written to {tmp_path / 'r'}" in capsys.readouterr().out
+
+
+def test_exact_logdet_of_a_model_without_an_estimate_is_one_clear_line(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_main(["train", "--config", tiny_config, "--out", run, "--epochs", "1", "--no-progress"], capsys)[0] == 0
+    code, _, err = run_main(["eval", run, "--exact-logdet"], capsys)
+    assert code == 2
+    assert "has no estimate to replace: drop --exact-logdet" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["eval", str(run), "--exact-logdet", "--no-exact-logdet"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_train_eval_sample_and_resume(tiny_config, tmp_path, capsys):

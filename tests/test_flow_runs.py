@@ -143,7 +143,10 @@ def test_a_residual_flow_trains_and_its_eval_says_the_number_is_an_estimate(conf
     expected = "power series truncated at 5 terms" if config == "iresnet_mnist" else "Russian roulette"
     assert expected in evaluated["log_prob_estimator"]
     assert "test_exact" not in evaluated  # 784 values per image: the exact log-determinant only when asked
-    forced = evaluate_run(run, device="cpu", exact_logdet=True)
+    assert main(["eval", str(run), "--device", "cpu", "--exact-logdet"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert forced == evaluate_run(run, device="cpu", exact_logdet=True)  # the flag is the argument
+    assert forced["test_exact"]["nll"] != forced["test"]["nll"]
     # the estimate and the exact value of the same model on the same 8 images: close, not equal
     difference = abs(forced["test_bits_per_dim_exact"] - forced["test_bits_per_dim"])
     assert 0 < difference < 0.05

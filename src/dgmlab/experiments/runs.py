@@ -148,13 +148,17 @@ def evaluate_run(run_dir: str | Path, iw_samples: int = 0, device: str = "auto",
     ``test_bits_per_dim`` (of the 8-bit images for a flow on dequantized images). For a model whose
     ``log_prob`` is an estimate (an invertible residual network), ``log_prob_estimator`` says which, and
     ``test_exact`` holds the same metrics with the exact log-determinant: by default when one example has at most
-    :data:`EXACT_EVAL_MAX_DIMENSION` values; ``exact_logdet=True`` forces it, ``False`` skips it. Writes
-    ``eval.json`` into the run directory."""
+    :data:`EXACT_EVAL_MAX_DIMENSION` values; ``exact_logdet=True`` forces it (a CapabilityError for a model with
+    no estimate), ``False`` skips it. Writes ``eval.json`` into the run directory."""
     run_dir = Path(run_dir)
     model, config = load_run(run_dir, device=device)
     if iw_samples > 0 and not isinstance(model, LatentVariableModel):
         raise CapabilityError(f"--iw-samples estimates the NLL of a latent-variable model; the model "
                               f"{config['model']['name']!r} is not one (a density model's test nll is exact already)")
+    if exact_logdet and not isinstance(model, EstimatedDensity):
+        raise CapabilityError(f"--exact-logdet computes the exact log-likelihood of a flow whose log-determinant is "
+                              f"estimated (iresnet, residual_flow); the model {config['model']['name']!r} has no "
+                              f"estimate to replace: drop --exact-logdet")
     settings = build_settings(config)
     data_table = dict(config.get("data", {}))
     if data_table.get("name", "mnist") == "mnist":
