@@ -269,7 +269,8 @@ def test_a_killed_rank_ends_the_other_and_the_run_resumes_on_one_process(one_pro
     processes = _start_by_hand(tmp_path, "--epochs", "2", "--step-delay", "0.05", "--checkpoint-every-step")
     returncode, waited, stderr = _signal_rank_one(processes, tmp_path / "run", signal.SIGKILL, pause=0.12)
     assert returncode == 2 and waited < 30
-    assert "rank 0 of 2: another process of this run stopped or stopped answering during step" in stderr
+    # during a step as a rule; on a loaded machine the kill can land in a collective between two steps
+    assert "rank 0 of 2: another process of this run stopped or stopped answering during " in stderr, stderr
     assert "the run's last checkpoint is intact" in stderr and "Traceback" not in stderr
     _worker(tmp_path, "--epochs", "2", "--resume", "--checkpoint-every-step")
     reference = _weights(one_process / "rank0.safetensors")

@@ -27,6 +27,7 @@ from dgmlab.models.protocols import (
     ConditionalModel,
     DataInitialized,
     DensityModel,
+    EstimatedDensity,
     ImageModel,
     LatentVariableModel,
     PerDimensionDensity,
@@ -64,6 +65,8 @@ SMALL = {
     "pixelcnn": dict(channels=4, num_layers=2, image_size=4),
     "gated_pixelcnn": dict(channels=4, num_layers=2, image_size=4),
     "glow": dict(image_shape=[1, 4, 4], levels=1, steps=1, hidden=4),
+    "iresnet": dict(features=3, blocks=1, hidden=4, layers=2),
+    "residual_flow": dict(image_shape=[1, 4, 4], levels=1, blocks=1, hidden=4),
     "vqvae": dict(quantizer="fsq", levels=[3, 2], hidden=4, residual_blocks=0, image_size=8),
     "vqvae_prior": dict(vqvae_run=_tiny_vqvae_run(), channels=4, num_layers=1),
 }
@@ -79,10 +82,13 @@ EXPECTED = {  # what each family can do, and nothing more
     "pixelcnn": {DensityModel, PerDimensionDensity, Sampler, ConditionalModel, ImageModel, Completer},
     "gated_pixelcnn": {DensityModel, PerDimensionDensity, Sampler, ConditionalModel, ImageModel, Completer},
     "glow": {DensityModel, Sampler, ImageModel, DataInitialized},
+    # log_prob is an estimate of the log-determinant, the exact value on request
+    "iresnet": {DensityModel, EstimatedDensity, Sampler, DataInitialized},  # on vectors here: not an ImageModel
+    "residual_flow": {DensityModel, EstimatedDensity, Sampler, ImageModel, DataInitialized},
     "vqvae": {Autoencoder, ImageModel},  # samples need its second stage
     "vqvae_prior": {DensityModel, Sampler, ImageModel},  # log_prob is a bound: the ELBO of a point-mass posterior
 }
-PROTOCOLS = (Autoencoder, Completer, ConditionalModel, DataInitialized, DensityModel, ImageModel,
+PROTOCOLS = (Autoencoder, Completer, ConditionalModel, DataInitialized, DensityModel, EstimatedDensity, ImageModel,
              LatentVariableModel, PerDimensionDensity, Sampler)
 RUN_LAYER = Path(__file__).resolve().parents[1] / "src" / "dgmlab" / "experiments" / "runs.py"
 

@@ -5,8 +5,9 @@ on dense contractions :math:`g: \mathbb R^d \to \mathbb R^d` (:func:`dense_contr
 The branches
 ------------
 :math:`g` is a :func:`~dgmlab.models.flows.lipschitz.lipschitz_mlp` of :math:`L` layers with coefficient
-:math:`c^{1/L}` per layer, its weights scaled up so that every layer is really normalised, and its power
-iteration run to convergence before it is frozen (eval mode). The product of the normalised weights' exact
+:math:`c^{1/L}` per layer, its weights scaled up so that every layer is really normalised, its power
+iteration run and its vectors :math:`u, v` then set to the top singular pair by SVD before it is frozen (eval
+mode). The product of the normalised weights' exact
 spectral norms, :math:`\prod_l\lVert\tilde W_l\rVert_2 \ge \mathrm{Lip}(g)`, is computed by SVD and checked to
 be at most :math:`c`: every bound below then holds with the nominal :math:`c`. The Jacobian
 :math:`J = J_g(x)` at a point is built by autograd (:math:`d` backward passes); its measured
