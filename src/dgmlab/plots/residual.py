@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
 from dgmlab.numerics import ArrayLike, as_float_array
 from dgmlab.plots._common import new_figure
@@ -148,7 +149,8 @@ def probe_variance_curves(terms: ArrayLike, measured: Mapping[str, ArrayLike], p
     r"""The variance of the one-probe estimate :math:`\sum_{k\le n}\frac{(-1)^{k+1}}{k}v^\top J^k v` against the
     number of terms :math:`n`, for each probe (solid, with two standard errors as bars) beside its prediction
     from the explicit Jacobian (dashed; :math:`2\lVert A_s\rVert_F^2` for Gaussian probes,
-    :math:`2(\lVert A_s\rVert_F^2 - \sum_i A_{ii}^2)` for Rademacher ones), on a log axis.
+    :math:`2(\lVert A_s\rVert_F^2 - \sum_i A_{ii}^2)` for Rademacher ones); n on a log axis, the variance on
+    one too when it spans more than a decade.
 
     Args:
         terms: ``[n]`` numbers of terms.
@@ -174,7 +176,12 @@ def probe_variance_curves(terms: ArrayLike, measured: Mapping[str, ArrayLike], p
     styles = [("measured" + (" (± 2 s.e.)" if errors is not None else ""), "-"),
               ("predicted from J", "--")]
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.set_xticks(counts, [f"{n:g}" for n in counts])
+    ax.xaxis.set_minor_locator(NullLocator())
+    shown = np.concatenate([np.concatenate([values[probe], predictions[probe]]) for probe in values])
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    if shown.size and shown.max() > 10 * shown.min():
+        ax.set_yscale("log")  # variances over more than a decade; within one, a linear axis reads better
     ax.set_xlabel("terms n of the series")
     ax.set_ylabel("variance of one-probe estimate (nats²)")
     ax.grid(True, which="both", alpha=0.3)
