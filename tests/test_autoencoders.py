@@ -110,7 +110,8 @@ def test_odd_last_width_says_it_holds_mean_and_logvar():
         (lambda: VAE(784, [4], activation="swish"), "relu"),
         (lambda: VAE(784, [4], decoder_variance=0.0), "decoder_variance"),
         (lambda: VAE(784, [4], likelihood="bernoulli", output_activation="sigmoid"), "logits"),
-        (lambda: build_model("gan"), "choose one of ae, bengio, fvsbn, gated_pixelcnn, glow, iresnet, made, nade, pixelcnn"),
+        (lambda: build_model("gan"),
+         "choose one of ae, bengio, fvsbn, gated_pixelcnn, glow, iresnet, made, nade, pixelcnn"),
         (lambda: build_model("vae", input_dim=4, widths=[2]), "widths"),
     ],
 )
