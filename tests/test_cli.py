@@ -55,7 +55,7 @@ def test_help_lists_every_subcommand():
     from dgmlab.cli import COMMANDS
 
     text = build_parser().format_help()
-    assert {"train", "eval", "sample", "pset1", "potentials", "residual-estimators"} <= set(COMMANDS)
+    assert {"train", "eval", "sample", "pset1", "potentials", "residual-estimators", "toy2d"} <= set(COMMANDS)
     for command in COMMANDS:
         assert command in text
         sub = subprocess.run([sys.executable, "-m", "dgmlab.cli", command, "--help"], capture_output=True, text=True,
@@ -85,6 +85,17 @@ def test_residual_estimators_arguments_reach_their_run(tmp_path, monkeypatch, ca
     assert main(["residual-estimators"]) == 0
     assert calls[-1] == (Path("runs/residual_estimators"), {"quick": False, "seed": 0, "overwrite": False})
     assert f"results written to {tmp_path / 'r'}" in capsys.readouterr().out
+
+
+def test_toy2d_arguments_reach_run_toy2d(tmp_path, monkeypatch, capsys):
+    import dgmlab.experiments.toy2d as toy2d
+
+    calls = []
+    monkeypatch.setattr(toy2d, "run_toy2d", lambda out, **kwargs: calls.append((out, kwargs)) or out)
+    assert main(["toy2d", "--quick", "--out", str(tmp_path / "t"), "--seed", "2", "--workers", "0",
+                 "--overwrite"]) == 0
+    assert calls == [(tmp_path / "t", {"quick": True, "seed": 2, "overwrite": True, "workers": 0})]
+    assert f"results written to {tmp_path / 't'}" in capsys.readouterr().out
 
 
 def test_exact_logdet_of_a_model_without_an_estimate_is_one_clear_line(tiny_config, tmp_path, capsys):

@@ -405,6 +405,17 @@ def test_point_cloud_3d_colour_values_limits_and_bad_inputs():
         plots.point_cloud_3d(xyz, "bad", ax_limits=[[1, -1], [-1, 1], [-1, 1]])
 
 
+def test_point_cloud_2d_scatters_every_point_with_equal_scales():
+    points = np.random.default_rng(0).normal(size=(300, 2)) * [3.0, 0.5]
+    figure = plots.point_cloud_2d(points, "samples")
+    ax = figure.axes[0]
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), points)
+    assert ax.get_aspect() == 1.0 and ax.get_title().endswith("300 points")
+    assert ax.get_xlabel() == "$x_1$" and ax.get_ylabel() == "$x_2$"
+    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+        plots.point_cloud_2d(np.ones((4, 3)), "bad")
+
+
 def test_point_cloud_overlay_draws_path_start_and_end():
     xyz, _ = torus_points()
     angle = np.linspace(0.5 * np.pi, -0.5 * np.pi, 50)

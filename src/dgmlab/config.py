@@ -10,7 +10,7 @@ A configuration has four tables; every key has a default except ``model.name``::
                                   # Bernoulli outputs): VAE, FVSBN, Bengio, NADE, MADE
 
     [data]
-    name = "mnist"                # "mnist" or "torus"
+    name = "mnist"                # "mnist", "torus" or "toy2d" (dataset = "checkerboard" ...)
     view = "grey"                 # grey | dynamic | static | threshold (MNIST)
     batch_size = 256
     limit = 0                     # use only the first N training examples (0: all)
@@ -301,7 +301,31 @@ def _torus_data(cfg: dict[str, Any], seed: int) -> DataBundle:
     return DataBundle(train=train, test=test, spec=spec, test_x=test_points)
 
 
-DATASETS: dict[str, Callable[[dict[str, Any], int], DataBundle]] = {"mnist": _mnist_data, "torus": _torus_data}
+def _toy2d_data(cfg: dict[str, Any], seed: int) -> DataBundle:
+    dataset = cfg.pop("dataset", "checkerboard")
+    num_points = cfg.pop("num_points", 50_000)
+    test_points = cfg.pop("test_points", 10_000)
+    sample_seed = cfg.pop("seed", 1234)
+    batch_size = int(cfg.pop("batch_size", 500))
+    _reject_unknown("data", cfg)
+    try:
+        distribution = dgdata.toy2d_dataset(dataset)
+    except ValueError as error:
+        raise ConfigError(f"data.dataset: {error}") from None
+    for key, value in (("num_points", num_points), ("test_points", test_points), ("seed", sample_seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
+            raise ConfigError(f"data.{key} must be an integer >= {0 if key == 'seed' else 1}, got {value!r}")
+    points = distribution.sample(num_points, generator=torch.Generator().manual_seed(sample_seed))
+    # the held-out points: the same distribution, another seed
+    test_points = distribution.sample(test_points, generator=torch.Generator().manual_seed(sample_seed + 10_000))
+    train = dgdata.TensorBatches(points, batch_size=batch_size, shuffle=True, seed=seed)
+    test = dgdata.TensorBatches(test_points, batch_size=min(len(test_points), 5000), shuffle=False, seed=seed)
+    spec = DataSpec(kind="points", example_shape=(2,), view=f"toy2d {dataset}")
+    return DataBundle(train=train, test=test, spec=spec, test_x=test_points)
+
+
+DATASETS: dict[str, Callable[[dict[str, Any], int], DataBundle]] = {"mnist": _mnist_data, "torus": _torus_data,
+                                                                    "toy2d": _toy2d_data}
 
 
 def _reject_unknown(table: str, rest: Mapping[str, Any]) -> None:

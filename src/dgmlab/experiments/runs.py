@@ -205,7 +205,7 @@ def _as_images(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
 
 def sample_run(run_dir: str | Path, n: int = 64, seed: int = 0, out: str | Path | None = None,
                label: int | None = None, temperature: float | None = None) -> Path:
-    r"""Save ``n`` samples of a trained run's model as a PNG (a grid of images, or a 3-D scatter of points);
+    r"""Save ``n`` samples of a trained run's model as a PNG (a grid of images, or a 2-D or 3-D scatter of points);
     returns its path.
 
     For a class-conditional model, ``label`` picks the class; without it the grid cycles through the classes
@@ -245,7 +245,11 @@ def sample_run(run_dir: str | Path, n: int = 64, seed: int = 0, out: str | Path 
         title += f", T = {options['temperature']:g}"
     samples = model.sample(n, generator=generator, context=labels, **options).cpu()
     if spec.kind == "points":
-        fig = plots.point_cloud_3d(samples.reshape(n, 3).numpy(), title=title)
+        if spec.example_shape not in ((2,), (3,)):
+            raise CapabilityError(f"dgmlab sample draws points in 2-D or 3-D; this run's points have shape "
+                                  f"{list(spec.example_shape)}: call model.sample(n) from Python instead")
+        draw = plots.point_cloud_2d if spec.example_shape == (2,) else plots.point_cloud_3d
+        fig = draw(samples.reshape(n, -1).numpy(), title=title)
     else:
         fig = plots.image_grid(_as_images(samples, spec), nrow=int(round(n**0.5)) or 1, title=title)
     return plots.save_figure(fig, Path(out) if out is not None else run_dir / "samples.png")

@@ -3,7 +3,7 @@ r"""Every figure of dgmlab: each function takes arrays and returns a :class:`mat
 The figures are grouped by subject: :mod:`~dgmlab.plots.images` (reconstructions, sample grids,
 interpolations, completions), :mod:`~dgmlab.plots.latents` (latent scatters and the decoded 2-D latent
 grid), :mod:`~dgmlab.plots.curves` (training curves, Monte-Carlo convergence),
-:mod:`~dgmlab.plots.point_clouds` (3-D point clouds), :mod:`~dgmlab.plots.density` (receptive fields and
+:mod:`~dgmlab.plots.point_clouds` (3-D and 2-D point clouds), :mod:`~dgmlab.plots.density` (receptive fields and
 per-pixel likelihoods of density models, grids of 2-D densities), :mod:`~dgmlab.plots.image_priors`
 (eigenvectors of a patch mixture, likelihood against its size), :mod:`~dgmlab.plots.quantizers` (codebook
 usage against the vocabulary size), :mod:`~dgmlab.plots.residual` (the estimators of invertible residual
@@ -34,7 +34,7 @@ from dgmlab.plots.density import density_grid, pixel_nll_heatmap, receptive_fiel
 from dgmlab.plots.image_priors import mixture_eigenvectors, patch_log_likelihood_against_components, power_spectra
 from dgmlab.plots.images import completions, image_grid, interpolation, reconstructions
 from dgmlab.plots.latents import latent_grid_points, latent_manifold, latent_scatter, latent_vs_angles
-from dgmlab.plots.point_clouds import equal_axis_limits, point_cloud_3d, point_cloud_overlay
+from dgmlab.plots.point_clouds import equal_axis_limits, point_cloud_2d, point_cloud_3d, point_cloud_overlay
 from dgmlab.plots.quantizers import codebook_usage_against_size
 from dgmlab.plots.residual import estimator_cost_bars, inverse_error_curves, logdet_bias_curves, probe_variance_curves
 from dgmlab.plots.saving import save_figure
@@ -60,6 +60,7 @@ __all__ = [
     "logdet_bias_curves",
     "loss_curves",
     "pixel_nll_heatmap",
+    "point_cloud_2d",
     "point_cloud_3d",
     "point_cloud_overlay",
     "principal_components",

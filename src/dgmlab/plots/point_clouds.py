@@ -1,4 +1,5 @@
-"""Figures of 3-D point clouds (the torus of problem set 1): scatters and paths, with equal axis scales."""
+"""Figures of point clouds: 3-D (the torus of problem set 1: scatters and paths) and 2-D (samples of a density on
+the plane), with equal axis scales."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from matplotlib.figure import Figure
 from dgmlab.numerics import ArrayLike, as_float_array
 from dgmlab.plots._common import new_figure
 
-__all__ = ["equal_axis_limits", "point_cloud_3d", "point_cloud_overlay"]
+__all__ = ["equal_axis_limits", "point_cloud_2d", "point_cloud_3d", "point_cloud_overlay"]
 
 
 def _as_points(values: ArrayLike, name: str, minimum: int = 1) -> np.ndarray:
@@ -157,3 +158,27 @@ def point_cloud_overlay(
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title)
     return figure
+
+
+def point_cloud_2d(points: ArrayLike, title: str, size: float = 2, alpha: float = 0.5) -> Figure:
+    """A scatter of 2-D points (samples of a density on the plane) with equal scales on both axes.
+
+    Args:
+        points: [N, 2].
+        title: axes title; the number of points is appended.
+        size: marker area.
+        alpha: marker opacity (dense regions darken).
+    """
+    cloud = as_float_array(points, "points")
+    if cloud.ndim != 2 or cloud.shape[1] != 2 or cloud.shape[0] < 1:
+        raise ValueError(f"points must have shape [N, 2] with N >= 1 (x1, x2 per point), got {tuple(cloud.shape)}")
+    figure = new_figure(6.0, 6.0)
+    ax = figure.subplots()
+    ax.scatter(cloud[:, 0], cloud[:, 1], s=size, alpha=alpha, color="tab:blue", linewidths=0)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{title}\n{cloud.shape[0]} points")
+    return figure
+
