@@ -110,7 +110,7 @@ def test_numbers_are_printed_beside_the_reference(executed):
 # notebooks/flows.ipynb: the change of variables to Glow, run with quick settings (a tiny Glow, short fits)
 # ----------------------------------------------------------------------------------------------------------
 FLOWS_NOTEBOOK = NOTEBOOK.parent / "flows.ipynb"
-FLOWS_SECTIONS = ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.")
+FLOWS_SECTIONS = ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.")
 FLOWS_QUICK_PARAMETERS = """\
 QUICK = True
 GLOW_STEPS = 0
@@ -177,7 +177,7 @@ def test_flows_notebook_runs_in_this_interpreter_and_shows_a_figure_per_section(
         elif section is not None:
             figures[section] += sum("image/png" in output.get("data", {}) for output in cell.outputs)
     assert all(count >= 1 for count in figures.values()), figures
-    assert figures["## 3."] >= 2 and figures["## 6."] >= 2, figures
+    assert figures["## 3."] >= 2 and figures["## 6."] >= 2 and figures["## 8."] >= 3, figures
     print(f"flows notebook executed in {seconds:.0f} s")
 
 
@@ -260,3 +260,44 @@ def test_flows_maf_and_iaf_each_have_one_single_pass_direction(flows_executed):
         single, sequential = (forward, inverse) if kind == "MAF" else (inverse, forward)
         assert int(single) == 1 and int(sequential) == int(dims) and float(error) < 1e-5
     assert re.search(r"MAF Jacobian du/dx, D = 8: \|entries above the diagonal\| = 0e\+00", text)
+
+
+def test_flows_residual_estimators_meet_their_exact_values(flows_executed):
+    text = flows_executed[1]
+    inverse = re.findall(r"^c = (\S+): mean error after 5, 10, 20 steps .*; within the bound at every step: (\w+) "
+                         r"\((\d+) checks\)", text, flags=re.M)
+    assert [c for c, _, _ in inverse] == ["0.5", "0.9", "0.97"] and all(ok == "True" for _, ok, _ in inverse)
+    assert re.search(r"^c = 0\.9, d = 16: max \|\|J\|\|_2 = 0\.\d+; .*within the bound for every n: True", text,
+                     flags=re.M)
+    for probe in ("gaussian", "rademacher"):
+        match = re.search(rf"^{probe} +probe, n = 10: variance ({NUMBER}), predicted ({NUMBER}); mean ({NUMBER}) ± "
+                          rf"({NUMBER}), exact series ({NUMBER})", text, flags=re.M)
+        assert match, probe
+        variance, predicted, mean, error, exact = map(float, match.groups())
+        assert abs(variance - predicted) < 0.3 * predicted  # 400 draws in the quick run: ~7% sampling error
+        assert abs(mean - exact) < 4 * error  # Hutchinson is unbiased for the truncated series
+    match = re.search(rf"roulette \(m = 2, p = 0\.5\), \d+ draws: batch-mean ln det ({NUMBER}) ± ({NUMBER}), exact "
+                      rf"({NUMBER}): \S+ standard errors; ({NUMBER}) terms on average", text)
+    assert match
+    mean, error, exact, terms = map(float, match.groups())
+    assert abs(mean - exact) < 4 * error and abs(terms - 3) < 0.5
+
+
+def test_flows_residual_flows_fit_two_moons_with_exact_likelihoods(flows_executed):
+    text = flows_executed[1]
+    match = re.search(rf"E\[log p\] = ({NUMBER}) nats; of a Gaussian fitted to the points ({NUMBER})", text)
+    assert match
+    ceiling, gaussian = map(float, match.groups())
+    assert ceiling > gaussian
+    for name in ("i-ResNet", "Residual Flow"):
+        match = re.search(rf"^{name}: [\d,]+ parameters, \d+ Adam steps in \d+ s; held-out log-likelihood ({NUMBER}) ± "
+                          rf"({NUMBER}) nats \(exact\), ({NUMBER}) by the training estimator \((.+); mean of \d+ "
+                          rf"calls\)$", text,
+                          flags=re.M)
+        assert match, name
+        exact, error, estimate = map(float, match.groups()[:3])
+        assert exact < ceiling + 4 * error  # no model beats the data's own density on average
+        assert abs(estimate - exact) < 0.2  # the estimator is close to the exact value on 5,000 points
+        assert ("Russian roulette" in match.group(4)) == (name == "Residual Flow")
+        assert abs(flows_number(text, rf"^{name}: integral of the density over \[-4, 4\]\^2 = ({NUMBER})") - 1) < 0.05
+
