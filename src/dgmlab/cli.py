@@ -80,6 +80,22 @@ PRECISION_CHOICES = ("fp32", "bf16")  # dgmlab.train.PRECISIONS (kept here so --
 DENOISE_METHODS = ("epll", "dip", "bm3d", "nl_means", "tv", "wavelet", "wiener", "gaussian")  # dgmlab.denoising
 
 
+
+def _experiment_arguments(parser: argparse.ArgumentParser, out: str, *, quick: str, workers: bool = False,
+                          config: tuple[str, str] | None = None) -> None:
+    """The arguments every experiment command shares: --out (refused if it holds results, unless --overwrite),
+    [--config (a default and its help),] --quick, --seed, --overwrite[, --workers]."""
+    parser.add_argument("--out", type=Path, default=Path(out),
+                        help=f"output folder (default {out}); it must not hold results yet, unless --overwrite")
+    if config is not None:
+        parser.add_argument("--config", default=config[0], help=config[1])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--seed", type=_nonnegative_int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    if workers:
+        parser.add_argument("--workers", type=_nonnegative_int, default=None,
+                            help="processes of one thread (default: 2 on a machine with two or more cores; 0: here)")
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dgmlab`` (also used to generate the CLI reference of the docs)."""
     parser = argparse.ArgumentParser(
@@ -175,16 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Fit every flow and length of a potentials config to the four 2-D "
                                             "potentials of Rezende & Mohamed (2015) by reverse KL and write "
                                             "results.json, table.md and figure.png.")
-    potentials.add_argument("--out", type=Path, default=Path("runs/potentials"),
-                            help="output folder (default runs/potentials); it must not hold results yet, unless "
-                                 "--overwrite")
-    potentials.add_argument("--config", default="planar_potentials",
-                            help="a bundled potentials config by name or a TOML file (default planar_potentials)")
-    potentials.add_argument("--quick", action="store_true", help="the config's [quick] settings (seconds)")
-    potentials.add_argument("--seed", type=_nonnegative_int, default=0)
-    potentials.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
-    potentials.add_argument("--workers", type=_nonnegative_int, default=None,
-                            help="processes of one thread (default: 2 on a machine with two or more cores; 0: here)")
+    _experiment_arguments(potentials, "runs/potentials", quick="the config's [quick] settings (seconds)",
+                          workers=True, config=("planar_potentials", "a bundled potentials config by name or a TOML "
+                                                                     "file (default planar_potentials)"))
     potentials.add_argument("--no-progress", action="store_true", help="no line per finished fit")
 
     residual = sub.add_parser("residual-estimators",
@@ -196,12 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "2||A_s||_F^2, and the Russian-roulette estimator's bias and cost, all "
                                           "in float64 against the exact values from the autograd Jacobian; write "
                                           "results.json, table.md and four figures.")
-    residual.add_argument("--out", type=Path, default=Path("runs/residual_estimators"),
-                          help="output folder (default runs/residual_estimators); it must not hold results yet, "
-                               "unless --overwrite")
-    residual.add_argument("--quick", action="store_true", help="fewer points, probes and draws (seconds)")
-    residual.add_argument("--seed", type=_nonnegative_int, default=0)
-    residual.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    _experiment_arguments(residual, "runs/residual_estimators", quick="fewer points, probes and draws (seconds)")
 
     toy2d = sub.add_parser("toy2d", help="fit an i-ResNet, a Residual Flow and a RealNVP to four 2-D densities",
                            description="Fit an i-ResNet, a Residual Flow and a RealNVP of matched parameter counts "
@@ -209,13 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "likelihood; report each model's held-out log-likelihood with the exact "
                                        "log-determinant beside the data's own E[log p], and write results.json, "
                                        "table.md and densities.png.")
-    toy2d.add_argument("--out", type=Path, default=Path("runs/toy2d"),
-                       help="output folder (default runs/toy2d); it must not hold results yet, unless --overwrite")
-    toy2d.add_argument("--quick", action="store_true", help="smaller models and fewer steps (seconds)")
-    toy2d.add_argument("--seed", type=_nonnegative_int, default=0)
-    toy2d.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
-    toy2d.add_argument("--workers", type=_nonnegative_int, default=None,
-                       help="processes of one thread (default: 2 on a machine with two or more cores; 0: here)")
+    _experiment_arguments(toy2d, "runs/toy2d", quick="smaller models and fewer steps (seconds)", workers=True)
 
     denoise = sub.add_parser("denoise", help="denoise a greyscale image file with EPLL, the deep image prior, BM3D "
                                              "or a classical denoiser",
