@@ -67,6 +67,7 @@ SMALL = {
     "glow": dict(image_shape=[1, 4, 4], levels=1, steps=1, hidden=4),
     "iresnet": dict(features=3, blocks=1, hidden=4, layers=2),
     "residual_flow": dict(image_shape=[1, 4, 4], levels=1, blocks=1, hidden=4),
+    "realnvp_vectors": dict(features=3, steps=2, hidden=4),
     "vqvae": dict(quantizer="fsq", levels=[3, 2], hidden=4, residual_blocks=0, image_size=8),
     "vqvae_prior": dict(vqvae_run=_tiny_vqvae_run(), channels=4, num_layers=1),
 }
@@ -85,6 +86,7 @@ EXPECTED = {  # what each family can do, and nothing more
     # log_prob is an estimate of the log-determinant, the exact value on request
     "iresnet": {DensityModel, EstimatedDensity, Sampler, DataInitialized},  # on vectors here: not an ImageModel
     "residual_flow": {DensityModel, EstimatedDensity, Sampler, ImageModel, DataInitialized},
+    "realnvp_vectors": {DensityModel, Sampler, DataInitialized},
     "vqvae": {Autoencoder, ImageModel},  # samples need its second stage
     "vqvae_prior": {DensityModel, Sampler, ImageModel},  # log_prob is a bound: the ELBO of a point-mass posterior
 }

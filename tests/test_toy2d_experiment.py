@@ -13,7 +13,7 @@ import torch
 
 from dgmlab.cli import main
 from dgmlab.config import build_model_from_config, load_bundled_config
-from dgmlab.errors import RunExistsError
+from dgmlab.errors import ModelConfigError, RunExistsError
 from dgmlab.experiments.toy2d import (
     MODELS,
     OUTPUT_FILES,
@@ -126,6 +126,25 @@ def test_a_toy2d_config_trains_and_evaluates_through_the_cli(config, tmp_path, c
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
+def test_the_realnvp_config_is_the_experiments_and_trains_evaluates_and_samples(tmp_path, capsys, single_thread):
+    table = load_bundled_config("realnvp_toy2d")
+    model = build_model_from_config(table, input_dim=2)
+    assert count_parameters(model) == count_parameters(build_toy2d_model("realnvp", SETTINGS))
+    run = tmp_path / "realnvp"
+    args = ["train", "--config", "realnvp_toy2d", "--out", str(run), "--epochs", "2", "--no-progress",
+            "--set", "model.steps=2", "--set", "model.hidden=8", "--set", "data.dataset=two_moons",
+            "--set", "data.num_points=600", "--set", "data.test_points=200", "--set", "data.batch_size=100"]
+    assert main(args) == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train"]["nll"] < records[0]["train"]["nll"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert math.isfinite(evaluated["test"]["nll"])
+    assert "log_prob_estimator" not in evaluated and "test_exact" not in evaluated  # exact already
+    assert main(["sample", str(run), "--n", "50", "--out", str(tmp_path / "s.png")]) == 0
+
+
 def test_the_gaussian_floor_and_the_grid():
     train = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 3.0])
     test = torch.randn(5000, 2, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 3.0])
@@ -140,7 +159,7 @@ def test_bad_arguments_get_one_clear_error(tmp_path):
         run_toy2d(tmp_path / "x", quick=True, seed=-1)
     with pytest.raises(ValueError, match="unknown model 'glow'; choose one of iresnet, residual_flow, realnvp"):
         build_toy2d_model("glow", QUICK)
-    with pytest.raises(ValueError, match="realnvp_2d: steps must be a positive integer, got 0"):
+    with pytest.raises(ModelConfigError, match="RealNVP: steps must be a positive integer, got 0"):
         realnvp_2d(steps=0)
     with pytest.raises(ValueError, match="integral_limit = 1.1 must be a positive multiple of grid_spacing = 0.5"):
         grid_centres(1.1, 0.5)

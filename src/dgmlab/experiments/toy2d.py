@@ -78,7 +78,7 @@ from dgmlab.checkpoint import atomic_write_text
 from dgmlab.data.toy2d import TOY2D, toy2d_dataset
 from dgmlab.errors import NonFiniteLossError, RunExistsError
 from dgmlab.models import build_model, count_parameters
-from dgmlab.models.flows import ActNorm, AffineCoupling, Compose, Flow, StandardNormal
+from dgmlab.models.flows import Flow, RealNVP
 from dgmlab.models.flows.residual import InvertibleResNet, truncation_bound
 from dgmlab.rundir import lock_run
 from dgmlab.utils import check_int, cpu_threads, default_workers, eval_mode, run_in_processes
@@ -129,19 +129,9 @@ def _seed(seed: int, *parts: object) -> int:
 # The models
 # ----------------------------------------------------------------------------------------------------------
 def realnvp_2d(steps: int = 8, hidden: int = 64, features: int = D) -> Flow:
-    r"""RealNVP on vectors: ``steps`` steps of ActNorm and an affine coupling
-    (:class:`~dgmlab.models.flows.AffineCoupling`, mask ``"half"``, a conditioner of two ReLU layers of width
-    ``hidden``), the mask inverted at every other step so that each half is transformed in turn, onto
-    :math:`\mathcal N(0, I)`. Parameters per step: :math:`2D + H^2 + (\lceil D/2\rceil + 2\lfloor D/2\rfloor + 2)H +
-    2\lfloor D/2\rfloor` (:math:`H^2 + 5H + 6` for :math:`D = 2`)."""
-    steps = check_int(steps, "steps", minimum=1, owner="realnvp_2d")
-    hidden = check_int(hidden, "hidden", minimum=1, owner="realnvp_2d")
-    features = check_int(features, "features", minimum=2, owner="realnvp_2d")
-    transforms = []
-    for step in range(steps):
-        transforms += [ActNorm(features),
-                       AffineCoupling((features,), "half", hidden=hidden, invert_mask=bool(step % 2))]
-    return Flow(StandardNormal((features,)), Compose(*transforms))
+    """The experiment's RealNVP: :class:`~dgmlab.models.flows.architectures.RealNVP` (model ``realnvp_vectors``,
+    config ``realnvp_toy2d``) of ``steps`` steps of width ``hidden`` on ``features`` = 2 coordinates."""
+    return RealNVP(features=features, steps=steps, hidden=hidden)
 
 
 def build_toy2d_model(name: str, settings: Toy2DSettings) -> nn.Module:

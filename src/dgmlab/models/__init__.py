@@ -15,7 +15,7 @@ from dgmlab.models.autoencoders import AE, VAE, AEOutput, VAEOutput
 from dgmlab.models.autoregressive import FVSBN, MADE, NADE, BengioNet, all_binary_configurations
 from dgmlab.models.deep_image_prior import SkipNet
 from dgmlab.models.flow_vae import PlanarVAE
-from dgmlab.models.flows import Glow, InvertibleResNet, ResidualFlow
+from dgmlab.models.flows import Glow, InvertibleResNet, RealNVP, ResidualFlow
 from dgmlab.models.mixtures import GaussianMixture, em_fit, kmeans
 from dgmlab.models.pixelcnn import CategoricalPixelCNN, GatedPixelCNN, MaskedConv2d, PixelCNN, receptive_field
 from dgmlab.models.point_vae import POINT_DECODERS, PointVAE, PositionalEncoding3D
@@ -75,6 +75,8 @@ register_model("vae_planar", PlanarVAE, input_dim_argument="input_dim")  # VAE +
 # invertible residual networks: the log-determinant's estimator is a setting (logdet = "exact" | "series" | "roulette")
 register_model("iresnet", InvertibleResNet, input_dim_argument="features")
 register_model("residual_flow", ResidualFlow, input_dim_argument="features")
+# RealNVP on vectors (2-D densities); on images it is a Glow variant: [model] name = "glow", permutation = "shuffle"
+register_model("realnvp_vectors", RealNVP, input_dim_argument="features")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -6,7 +6,7 @@
 :mod:`~dgmlab.models.flows.lipschitz`.
 """
 
-from dgmlab.models.flows.architectures import Glow, MultiScale
+from dgmlab.models.flows.architectures import Glow, MultiScale, RealNVP
 from dgmlab.models.flows.autoregressive import (
     InverseAutoregressiveFlow,
     MaskedAutoregressiveFlow,
@@ -48,6 +48,6 @@ __all__ += ["ActNorm", "InvertibleConv1x1", "Split", "Squeeze"]
 __all__ += ["AdditiveCoupling", "AffineCoupling", "InverseAutoregressiveFlow", "MaskedAutoregressiveFlow",
             "Permutation", "RandomPermutation", "Reverse"]
 __all__ += ["ElementwiseAffine", "Logit", "Planar", "Radial"]
-__all__ += ["Glow", "MultiScale"]
+__all__ += ["Glow", "MultiScale", "RealNVP"]
 __all__ += ["InvertibleResNet", "LipSwish", "LipschitzNet", "ResidualBlock", "ResidualFlow", "SpectralConv2d",
             "SpectralLinear", "lipschitz_cnn", "lipschitz_mlp"]

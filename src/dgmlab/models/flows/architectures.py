@@ -1,5 +1,6 @@
-r"""Whole flows for images: Glow (Kingma and Dhariwal, 2018) and RealNVP (Dinh et al., 2017) as its
-shuffle or reverse, additive or affine variants, on dequantized 8-bit images.
+r"""Whole flows: for images, Glow (Kingma and Dhariwal, 2018) and RealNVP (Dinh et al., 2017) as its
+shuffle or reverse, additive or affine variants, on dequantized 8-bit images; for vectors (2-D densities),
+:class:`RealNVP`, steps of ActNorm and an affine coupling of alternating halves.
 
 The multi-scale architecture
 ----------------------------
@@ -43,7 +44,7 @@ from dgmlab.models.flows.multiscale import Split, Squeeze
 from dgmlab.models.protocols import reject_context
 from dgmlab.utils import check_int
 
-__all__ = ["COUPLINGS", "Glow", "MultiScale", "PERMUTATIONS"]
+__all__ = ["COUPLINGS", "Glow", "MultiScale", "PERMUTATIONS", "RealNVP"]
 
 PERMUTATIONS = ("conv1x1", "shuffle", "reverse")  # Glow's ablation: 1x1 convolution vs fixed permutations
 COUPLINGS = ("affine", "additive")
@@ -175,3 +176,29 @@ class Glow(Flow):
                temperature: float = 1.0) -> Tensor:
         """``n`` images ``[n, C, H, W]`` in [0, 1] at ``temperature`` :math:`T` (:math:`z = T\\epsilon`)."""
         return super().sample(n, generator=generator, context=context, temperature=temperature).clamp(0.0, 1.0)
+
+
+class RealNVP(Flow):
+    r"""RealNVP on vectors :math:`x\in\mathbb R^D` onto :math:`\mathcal N(0, I)`: ``steps`` steps of ActNorm and an
+    affine coupling (:class:`~dgmlab.models.flows.coupling.AffineCoupling`, mask ``"half"``: the first
+    :math:`\lceil D/2\rceil` coordinates condition the others, a conditioner of two ReLU layers of width
+    ``hidden``), the mask inverted at every other step so that each half is transformed in turn:
+
+    .. math:: y_B = x_B\odot\exp\big(s(x_A)\big) + t(x_A), \qquad \log|\det J| = \textstyle\sum s(x_A).
+
+    Parameters per step: :math:`2D + H^2 + (\lceil D/2\rceil + 2\lfloor D/2\rfloor + 2)H + 2\lfloor D/2\rfloor`
+    (:math:`H^2 + 5H + 6` for :math:`D = 2`). ``RealNVP(features=2, steps=8, hidden=64)``."""
+
+    def __init__(self, features: int, steps: int = 8, hidden: int = 64) -> None:
+        owner = "RealNVP"
+        features = check_int(features, "features", minimum=2, owner=owner, error=ModelConfigError,
+                             hint="a coupling splits the vector into two non-empty halves")
+        steps = check_int(steps, "steps", minimum=1, owner=owner, error=ModelConfigError)
+        hidden = check_int(hidden, "hidden", minimum=1, owner=owner, error=ModelConfigError)
+        transforms: list[Transform] = []
+        for step in range(steps):
+            transforms += [ActNorm(features),
+                           AffineCoupling((features,), "half", hidden=hidden, invert_mask=bool(step % 2))]
+        super().__init__(StandardNormal((features,)), Compose(*transforms))
+        self.features, self.steps, self.hidden = features, steps, hidden
+
