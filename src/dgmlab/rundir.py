@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dgmlab.checkpoint import STATE_FILE, read_state
@@ -163,5 +163,20 @@ def lock_run(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
                     handle.truncate(0)
 
 
+def refuse_or_clear_results(out: str | os.PathLike[str], files: Sequence[str], what: str, *, overwrite: bool,
+                            clear: bool) -> None:
+    """For an experiment command that writes ``files`` into ``out`` (``results.json``, the marker of a finished
+    run, first): a RunExistsError naming ``what`` if any of them is there and not ``overwrite``; with ``clear``,
+    remove them (results.json first, so that a crash from here on leaves no half run looking finished)."""
+    out = Path(out)
+    existing = [name for name in files if (out / name).is_file()]
+    if existing and not overwrite:
+        raise RunExistsError(f"{out} already holds a {what} run ({', '.join(existing)}); replace it with "
+                             f"--overwrite (overwrite=True), or choose another --out")
+    if clear:
+        for name in files:
+            (out / name).unlink(missing_ok=True)
+
+
 __all__ = ["LOCK_FILE", "PARTIAL_EPOCH", "RUN_FILES", "check_new_run", "check_unlocked", "describe_run", "holds_run",
-           "lock_run", "refuse_existing_run", "remove_run"]
+           "lock_run", "refuse_existing_run", "refuse_or_clear_results", "remove_run"]

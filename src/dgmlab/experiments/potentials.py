@@ -94,9 +94,9 @@ from torch import Tensor
 from dgmlab import plots
 from dgmlab.checkpoint import atomic_write_text
 from dgmlab.config import COMMAND_KEY, load_config
-from dgmlab.errors import ConfigError, NonFiniteLossError, RunExistsError
+from dgmlab.errors import ConfigError, NonFiniteLossError
 from dgmlab.models.flows import Compose, Flow, Inverse, Planar, Radial, StandardNormal, Transform
-from dgmlab.rundir import lock_run
+from dgmlab.rundir import lock_run, refuse_or_clear_results
 from dgmlab.utils import check_int, check_positive_number, cpu_threads, default_workers, run_in_processes
 
 COMMAND = "potentials"  # the config's COMMAND_KEY: dgmlab potentials reads it
@@ -653,16 +653,6 @@ def potentials_figure(true_log_density: Mapping[str, np.ndarray],
               f"{settings.iterations:,} iterations; KL(q_K ‖ p) in nats")
 
 
-def _refuse_or_clear(out: Path, overwrite: bool, clear: bool) -> None:
-    existing = [name for name in OUTPUT_FILES if (out / name).is_file()]
-    if existing and not overwrite:
-        raise RunExistsError(f"{out} already holds a potentials run ({', '.join(existing)}); replace it with "
-                             f"--overwrite (overwrite=True), or choose another --out")
-    if clear:
-        for name in OUTPUT_FILES:  # results.json, the marker of a finished run, first
-            (out / name).unlink(missing_ok=True)
-
-
 def run_potentials(out: Path, *, quick: bool = False, config: str | Path = "planar_potentials", seed: int = 0,
                    overwrite: bool = False, progress: bool = True, workers: int | None = None,
                    log: Callable[[str], None] = print) -> Path:
@@ -689,7 +679,7 @@ def run_potentials(out: Path, *, quick: bool = False, config: str | Path = "plan
     seed = check_int(seed, "seed", minimum=0, owner="run_potentials")
     started = time.perf_counter()
     with lock_run(out):
-        _refuse_or_clear(out, overwrite, clear=False)
+        refuse_or_clear_results(out, OUTPUT_FILES, "potentials", overwrite=overwrite, clear=False)
         targets = {name: Target(name, settings.box, settings.wall_width) for name in settings.potentials}
         normalizers = {name: log_normalizer(target, limit=settings.normalizer_limit,
                                             points=settings.normalizer_points) for name, target in targets.items()}
@@ -733,7 +723,7 @@ def run_potentials(out: Path, *, quick: bool = False, config: str | Path = "plan
                              for flow, lengths in settings.flows},
                 } for name in settings.potentials},
         }
-        _refuse_or_clear(out, overwrite, clear=True)
+        refuse_or_clear_results(out, OUTPUT_FILES, "potentials", overwrite=overwrite, clear=True)
         plots.save_figure(figure, out / "figure.png")
         atomic_write_text(out / "table.md", table)
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")

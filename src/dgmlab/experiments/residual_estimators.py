@@ -69,7 +69,6 @@ from torch import Tensor
 
 from dgmlab import plots
 from dgmlab.checkpoint import atomic_write_text
-from dgmlab.errors import RunExistsError
 from dgmlab.models.flows.lipschitz import LipschitzNet, lipschitz_mlp
 from dgmlab.models.flows.residual import (
     a_posteriori_bound,
@@ -79,7 +78,7 @@ from dgmlab.models.flows.residual import (
     logdet_power_series,
     truncation_bound,
 )
-from dgmlab.rundir import lock_run
+from dgmlab.rundir import lock_run, refuse_or_clear_results
 from dgmlab.utils import check_int, cpu_threads
 
 __all__ = ["QUICK", "SETTINGS", "ResidualEstimatorsSettings", "dense_contraction", "exact_truncated_series",
@@ -589,16 +588,6 @@ def _check_theorems(results: Mapping[str, Any]) -> dict[str, bool]:
     return checks
 
 
-def _refuse_or_clear(out: Path, overwrite: bool, clear: bool) -> None:
-    existing = [name for name in OUTPUT_FILES if (out / name).is_file()]
-    if existing and not overwrite:
-        raise RunExistsError(f"{out} already holds a residual-estimators run ({', '.join(existing)}); replace it "
-                             f"with --overwrite (overwrite=True), or choose another --out")
-    if clear:
-        for name in OUTPUT_FILES:  # results.json, the marker of a finished run, first
-            (out / name).unlink(missing_ok=True)
-
-
 def run_residual_estimators(out: str | Path, *, quick: bool = False, seed: int = 0, overwrite: bool = False,
                             log: Callable[[str], None] = print) -> Path:
     r"""Measure every estimator of the invertible residual block against its exact value (module docstring)
@@ -623,7 +612,7 @@ def run_residual_estimators(out: str | Path, *, quick: bool = False, seed: int =
     settings = QUICK if quick else SETTINGS
     started = time.perf_counter()
     with lock_run(out):
-        _refuse_or_clear(out, overwrite, clear=False)
+        refuse_or_clear_results(out, OUTPUT_FILES, "residual-estimators", overwrite=overwrite, clear=False)
         sections: dict[str, Any] = {}
         with cpu_threads(1):
             for name, measure in (("inverse", _measure_inverse), ("bias", _measure_bias),
@@ -646,7 +635,7 @@ def run_residual_estimators(out: str | Path, *, quick: bool = False, seed: int =
         table = residual_estimators_table(results)
         figures = _figures(results)
         results["seconds"] = round(time.perf_counter() - started, 1)
-        _refuse_or_clear(out, overwrite, clear=True)
+        refuse_or_clear_results(out, OUTPUT_FILES, "residual-estimators", overwrite=overwrite, clear=True)
         for filename, figure in figures.items():
             plots.save_figure(figure, out / filename)
         atomic_write_text(out / "table.md", table)

@@ -76,11 +76,11 @@ from torch import Tensor, nn
 from dgmlab import plots
 from dgmlab.checkpoint import atomic_write_text
 from dgmlab.data.toy2d import TOY2D, toy2d_dataset
-from dgmlab.errors import NonFiniteLossError, RunExistsError
+from dgmlab.errors import NonFiniteLossError
 from dgmlab.models import build_model, count_parameters
 from dgmlab.models.flows import Flow, RealNVP
 from dgmlab.models.flows.residual import InvertibleResNet, truncation_bound
-from dgmlab.rundir import lock_run
+from dgmlab.rundir import lock_run, refuse_or_clear_results
 from dgmlab.utils import check_int, cpu_threads, default_workers, eval_mode, run_in_processes
 
 __all__ = ["MODELS", "QUICK", "SETTINGS", "Toy2DSettings", "build_toy2d_model", "gaussian_log_likelihood",
@@ -373,16 +373,6 @@ def toy2d_figure(results: Mapping[str, Any], data_grids: Mapping[str, np.ndarray
               f"steps; held-out log-likelihood in nats per point (exact)")
 
 
-def _refuse_or_clear(out: Path, overwrite: bool, clear: bool) -> None:
-    existing = [name for name in OUTPUT_FILES if (out / name).is_file()]
-    if existing and not overwrite:
-        raise RunExistsError(f"{out} already holds a toy2d run ({', '.join(existing)}); replace it with "
-                             f"--overwrite (overwrite=True), or choose another --out")
-    if clear:
-        for name in OUTPUT_FILES:  # results.json, the marker of a finished run, first
-            (out / name).unlink(missing_ok=True)
-
-
 def _fit_record(outcome: FitOutcome, data_log_prob: Tensor, settings: Toy2DSettings) -> dict[str, Any]:
     log_q = torch.from_numpy(outcome.test_log_prob)
     record: dict[str, Any] = {"parameters": outcome.parameters}
@@ -427,7 +417,7 @@ def run_toy2d(out: str | Path, *, quick: bool = False, seed: int = 0, overwrite:
     settings = QUICK if quick else SETTINGS
     started = time.perf_counter()
     with lock_run(out):
-        _refuse_or_clear(out, overwrite, clear=False)
+        refuse_or_clear_results(out, OUTPUT_FILES, "toy2d", overwrite=overwrite, clear=False)
         jobs = [(dataset, name, settings, seed) for name in MODELS for dataset in settings.datasets]
         if workers is None:
             workers = 0 if quick else default_workers(True, len(jobs))
@@ -472,7 +462,7 @@ def run_toy2d(out: str | Path, *, quick: bool = False, seed: int = 0, overwrite:
         table = toy2d_table(results)
         figure = toy2d_figure(results, data_grids, model_grids, settings.figure_limit)
         results["seconds"] = round(time.perf_counter() - started, 1)
-        _refuse_or_clear(out, overwrite, clear=True)
+        refuse_or_clear_results(out, OUTPUT_FILES, "toy2d", overwrite=overwrite, clear=True)
         plots.save_figure(figure, out / "densities.png")
         atomic_write_text(out / "table.md", table)
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
