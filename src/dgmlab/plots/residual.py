@@ -62,6 +62,16 @@ def _style_legend(ax: Any, colours: Mapping[str, str], styles: Sequence[tuple[st
     ax.legend(handles=handles, fontsize=8)
 
 
+def _finish(ax: Any, xlabel: str, ylabel: str, colours: Mapping[str, str], styles: Sequence[tuple[str, str]],
+            title: str) -> None:
+    """Axis labels, a light grid, the colour-and-style legend and the title of a curves figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    _style_legend(ax, colours, styles)
+    ax.set_title(title, fontsize=10)
+
+
 def inverse_error_curves(iterations: ArrayLike, mean_error: Mapping[float, ArrayLike],
                          max_error: Mapping[float, ArrayLike], bound: Mapping[float, ArrayLike], *,
                          tolerance: float | None = None,
@@ -94,11 +104,7 @@ def inverse_error_curves(iterations: ArrayLike, mean_error: Mapping[float, Array
         ax.axhline(float(tolerance), color="0.5", linestyle=":", linewidth=1.0)
         styles.append((f"tolerance {float(tolerance):g}", ":"))
     ax.set_yscale("log")
-    ax.set_xlabel("iteration k")
-    ax.set_ylabel("error ‖x⁽ᵏ⁾ − x*‖ (Euclidean norm, same units as x)")
-    ax.grid(True, alpha=0.3)
-    _style_legend(ax, colours, styles)
-    ax.set_title(title, fontsize=10)
+    _finish(ax, "iteration k", "error ‖x⁽ᵏ⁾ − x*‖ (Euclidean norm, same units as x)", colours, styles, title)
     return figure
 
 
@@ -134,11 +140,7 @@ def logdet_bias_curves(terms: ArrayLike, mean_bias: Mapping[float, ArrayLike], b
     if measured is not None:
         styles.append(("bound with measured max ‖J‖₂", ":"))
     ax.set_yscale("log")
-    ax.set_xlabel("terms n of the series")
-    ax.set_ylabel("|bias| of ln det(I + J) (nats)")
-    ax.grid(True, alpha=0.3)
-    _style_legend(ax, colours, styles)
-    ax.set_title(title, fontsize=10)
+    _finish(ax, "terms n of the series", "|bias| of ln det(I + J) (nats)", colours, styles, title)
     return figure
 
 
@@ -182,11 +184,7 @@ def probe_variance_curves(terms: ArrayLike, measured: Mapping[str, ArrayLike], p
     shown = shown[np.isfinite(shown) & (shown > 0)]
     if shown.size and shown.max() > 10 * shown.min():
         ax.set_yscale("log")  # variances over more than a decade; within one, a linear axis reads better
-    ax.set_xlabel("terms n of the series")
-    ax.set_ylabel("variance of one-probe estimate (nats²)")
-    ax.grid(True, which="both", alpha=0.3)
-    _style_legend(ax, colours, styles)
-    ax.set_title(title, fontsize=10)
+    _finish(ax, "terms n of the series", "variance of one-probe estimate (nats²)", colours, styles, title)
     return figure
 
 
