@@ -152,6 +152,28 @@ def test_session_outside_torchrun_says_how_to_start(monkeypatch):
             pass
 
 
+def test_only_rank_0_probes_the_run_lock_before_training(monkeypatch, tmp_path):
+    """Under torchrun rank 0 may already hold the run's lock (or be probing it) when another rank makes its
+    early checks: those ranks must not probe the lock, or they fail with 'in use by another process'."""
+    from dgmlab.errors import RunExistsError, RunLockedError
+    from dgmlab.experiments import runs
+    from dgmlab.rundir import lock_run
+
+    run = tmp_path / "run"
+    with lock_run(run):  # held here, as rank 0 holds it once training starts
+        monkeypatch.setattr(runs.distributed, "current", lambda: distributed.Group(rank=1, world_size=2))
+        runs._check_early(run, overwrite=False, new=True)
+        runs._check_early(run, overwrite=False, new=False)
+        monkeypatch.setattr(runs.distributed, "current", lambda: distributed.Group())
+        with pytest.raises(RunLockedError, match="in use by another process"):
+            runs._check_early(run, overwrite=False, new=True)
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
+    monkeypatch.setattr(runs.distributed, "current", lambda: distributed.Group(rank=1, world_size=2))
+    with pytest.raises(RunExistsError):  # every rank still gives the verdict on an existing run
+        runs._check_early(run, overwrite=False, new=True)
+
+
 def test_cli_refuses_commands_that_do_not_run_on_many_processes(monkeypatch, capsys):
     from dgmlab.cli import main
 

@@ -45,7 +45,7 @@ from dgmlab.models.protocols import (
     samples_at_temperature,
 )
 from dgmlab.objectives import negative_elbo
-from dgmlab.rundir import check_new_run, check_unlocked
+from dgmlab.rundir import check_new_run, check_unlocked, refuse_existing_run
 from dgmlab.train import History, evaluate, fit, resolve_device
 from dgmlab.utils import device_of, eval_mode
 
@@ -71,6 +71,19 @@ def prepare(config: dict[str, Any]) -> tuple[nn.Module, Any, DataBundle]:
     return model, objective, data
 
 
+def _check_early(run_dir: Path, *, overwrite: bool, new: bool) -> None:
+    """The checks before any data is loaded. The lock is probed by rank 0 alone: under torchrun the other
+    ranks would find it held by rank 0 once training starts (or collide with rank 0's own probe), and rank 0
+    refuses a run in use for the whole group (the trainer then waits for it at its first barrier)."""
+    if distributed.current().is_main:
+        if new:
+            check_new_run(run_dir, overwrite=overwrite)
+        else:
+            check_unlocked(run_dir)
+    elif new and not overwrite:
+        refuse_existing_run(run_dir)
+
+
 def train_run(config_path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
               overwrite: bool = False) -> Path:
     """Train the model of a TOML config into a run directory (``out``, default ``runs/<config name>``) and
@@ -80,7 +93,7 @@ def train_run(config_path: str | Path, out: str | Path | None = None, overrides:
     config = apply_overrides(load_config(config_path), overrides or [])
     config.setdefault("name", Path(config_path).stem)
     run_dir = Path(out) if out is not None else Path("runs") / str(config["name"])
-    check_new_run(run_dir, overwrite=overwrite)
+    _check_early(run_dir, overwrite=overwrite, new=True)
     model, objective, data = prepare(config)
     settings = build_settings(config)
     fit(model, objective, data.train, data.test, settings, run_dir=run_dir, config=config,
@@ -100,7 +113,7 @@ def resume_run(run_dir: str | Path, epochs: int | None = None, device: str | Non
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json); pass the --out folder of a run")
-    check_unlocked(run_dir)
+    _check_early(run_dir, overwrite=False, new=False)
     config = load_config(config_path)
     train_table = config.setdefault("train", {})
     if epochs is not None:
