@@ -11,6 +11,9 @@ seed, not clipped. The methods and where they come from:
   benchmarks/patch_prior_gmm.py on the training photographs, or ``bundled``; without ``--prior`` a mixture of
   ``--components`` is fitted here first) and the paper's schedule, lambda = 64 / sigma^2,
   beta = (1, 4, 8, 16, 32, 64) / sigma^2, or ``--betas`` (multiples of 1 / sigma^2);
+* EPLL with an image-adapted prior (``epll_adapted``, dgmlab.restoration.adapted_epll): the same prior first
+  re-estimated from the noisy image's own patches by EM with the noise modelled (``--adapt-iterations``
+  iterations, relevance ``--adapt-relevance`` towards the prior), then EPLL with the same schedule;
 * Gaussian filtering (scipy.ndimage.gaussian_filter) and Wiener filtering (scipy.signal.wiener);
 * total variation (skimage.restoration.denoise_tv_chambolle), wavelet shrinkage (denoise_wavelet, BayesShrink,
   the noise level given), non-local means (denoise_nl_means, the noise level given);
@@ -40,11 +43,11 @@ from restoration_setup import load_prior
 from dgmlab import plots
 from dgmlab.data.images import TEST_PHOTOGRAPHS, TRAIN_PHOTOGRAPHS, centre_crop, photograph
 from dgmlab.denoising import classical_denoisers
-from dgmlab.restoration import PAPER_BETAS, add_noise, epll, psnr
+from dgmlab.restoration import PAPER_BETAS, adapted_epll, add_noise, epll, psnr
 
 SMOKE = {"sigmas": [25], "crop": 48, "images": ["camera"], "components": 4, "train_patches": 4000,
-         "tune_crop": 48, "methods": ["epll", "gaussian", "tv"]}
-METHODS = ["epll", "gaussian", "wiener", "tv", "wavelet", "nl_means", "bm3d"]
+         "tune_crop": 48, "methods": ["epll", "epll_adapted", "gaussian", "tv"]}
+METHODS = ["epll", "epll_adapted", "gaussian", "wiener", "tv", "wavelet", "nl_means", "bm3d"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="a mixture saved by benchmarks/patch_prior_gmm.py, or bundled (dgmlab.priors)")
     parser.add_argument("--betas", type=numbers(float), default=list(PAPER_BETAS),
                         help="EPLL's schedule as multiples of 1/sigma^2 (default the paper's 1,4,8,16,32,64)")
+    parser.add_argument("--adapt-relevance", type=float, default=1.0,
+                        help="epll_adapted: the relevance factor rho pulling each component towards the prior")
+    parser.add_argument("--adapt-iterations", type=int, default=10, help="epll_adapted: EM iterations on the image")
     parser.add_argument("--components", type=int, default=200, help="K of the mixture fitted without --prior")
     parser.add_argument("--train-patches", type=int, default=100_000)
     parser.add_argument("--tune-on", default="astronaut", help="training photograph the baselines are tuned on")
@@ -84,7 +90,8 @@ def main() -> None:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    prior, prior_source = load_prior(args) if "epll" in args.methods else (None, None)
+    wants_prior = {"epll", "epll_adapted"} & set(args.methods)
+    prior, prior_source = load_prior(args) if wants_prior else (None, None)
     tune_clean = centre_crop(photograph(args.tune_on), args.tune_crop)
     rows, tuned, shown = [], {}, {}
     for sigma_255 in args.sigmas:
@@ -103,6 +110,10 @@ def main() -> None:
                 started = time.perf_counter()
                 if method == "epll":
                     restored = epll(noisy, prior, sigma, betas=[b / sigma**2 for b in args.betas]).image
+                elif method == "epll_adapted":
+                    restored = adapted_epll(noisy, prior, sigma, relevance=args.adapt_relevance,
+                                            iterations=args.adapt_iterations,
+                                            betas=[b / sigma**2 for b in args.betas]).image
                 elif method == "bm3d":
                     import bm3d
 
@@ -122,6 +133,7 @@ def main() -> None:
     result = {"benchmark": "denoise_epll", "images": args.images, "crop": args.crop,
               "train_photographs": list(TRAIN_PHOTOGRAPHS), "prior": prior_source,
               "epll_betas_times_sigma2": args.betas,
+              "adapted": {"relevance": args.adapt_relevance, "iterations": args.adapt_iterations},
               "tuned_on": f"{args.tune_on}, centre crop {args.tune_crop}", "tuned_parameters": tuned,
               "mean_psnr_db": means, "rows": rows, "threads": args.threads, "command": " ".join(sys.argv)}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")

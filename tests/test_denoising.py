@@ -28,7 +28,7 @@ from dgmlab.denoising import (
     write_grey_png,
 )
 from dgmlab.errors import DgmlabDataError, ImageFileError, RunExistsError
-from dgmlab.restoration import add_noise, epll, psnr
+from dgmlab.restoration import adapted_epll, add_noise, epll, psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("skimage")
@@ -128,7 +128,7 @@ def test_the_tuned_parameters_are_the_benchmarks():
         for sigma, value in by_sigma.items():
             assert result["tuned_parameters"][f"{sigma:g}"][method] == value, (method, sigma)
         assert set(by_sigma.values()) <= set(classical_denoisers(0.1)[method][1])  # on the grid it tunes
-    assert set(TUNED) | {"epll", "dip", "bm3d"} == set(METHODS) and DENOISE_METHODS == METHODS
+    assert set(TUNED) | {"epll", "epll_adapted", "dip", "bm3d"} == set(METHODS) and DENOISE_METHODS == METHODS
 
 
 def test_the_nearest_tuned_noise_level_on_a_log_scale_is_used():
@@ -164,6 +164,14 @@ def test_epll_uses_the_bundled_prior_by_default(clean):
     assert torch.equal(denoise(noisy, "epll", 25), epll(noisy, priors.natural_patch_prior(), 25 / 255).image)
 
 
+def test_adapted_epll_uses_the_bundled_prior_and_beats_plain_epll_on_a_photograph(clean):
+    noisy = add_noise(clean, 25 / 255, seed=0)
+    prior = priors.natural_patch_prior()
+    adapted = denoise(noisy, "epll_adapted", 25)
+    assert torch.equal(adapted, adapted_epll(noisy, prior, 25 / 255).image)
+    assert psnr(adapted, clean) > psnr(epll(noisy, prior, 25 / 255).image, clean) + 0.1
+
+
 def test_the_deep_image_prior_takes_any_size_and_is_seeded():
     # 40 x 52 is no multiple of 32: mirrored up to 64 x 64 for the network, cropped back
     image = centre_crop(photograph("moon"), 64)[:40, :52]
@@ -177,7 +185,7 @@ def test_the_deep_image_prior_takes_any_size_and_is_seeded():
 
 
 def test_bad_arguments_to_denoise(clean):
-    with pytest.raises(ValueError, match="unknown method 'bm4d'; choose one of epll, dip, bm3d"):
+    with pytest.raises(ValueError, match="unknown method 'bm4d'; choose one of epll, epll_adapted, dip, bm3d"):
         denoise(clean, "bm4d", 25)
     with pytest.raises(ValueError, match="sigma must be the noise's standard deviation on the 0..255 scale"):
         denoise(clean, "tv", 0)

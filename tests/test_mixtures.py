@@ -15,6 +15,7 @@ from dgmlab.models.mixtures import (
     GaussianMixture,
     _feature_weights,
     _features,
+    adapt_to_noisy,
     em_fit,
     em_step,
     kmeans,
@@ -225,6 +226,76 @@ def test_a_saved_mixture_loads_back_identical_and_foreign_files_are_refused(tmp_
         load_mixture(tmp_path / "garbage.safetensors")
 
 
+def copy_of(mixture):
+    return GaussianMixture(mixture.num_components, mixture.dim, reg_covar=mixture.reg_covar).set_parameters(
+        mixture.weights.clone(), mixture.means.clone(), mixture.covariances.clone())
+
+
+def test_adaptation_without_noise_or_prior_strength_is_em():
+    x = blobs(n=600, dim=3, k=3, seed=2)
+    start = seeded_start(x, 3, 2, reg_covar=1e-6)
+    adapted, history = adapt_to_noisy(start, x, 0.0, relevance=0.0, iterations=3)
+    reference = copy_of(start)
+    log_likelihoods = [em_step(reference, x) for _ in range(3)]
+    assert history.log_likelihood == pytest.approx(log_likelihoods, abs=1e-10)
+    for name in ("weights", "means", "covariances"):
+        assert torch.allclose(getattr(adapted, name), getattr(reference, name), atol=1e-10), name
+    assert torch.equal(start.means, seeded_start(x, 3, 2, reg_covar=1e-6).means)  # the prior is left as it was
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_noisy_em_never_decreases_the_likelihood_of_the_noisy_points(seed):
+    clean = blobs(n=800, dim=4, k=4, seed=seed)
+    y = clean + 0.7 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    start = seeded_start(clean, 5, seed, reg_covar=0.0)
+    _, history = adapt_to_noisy(start, y, 0.49, relevance=0.0, iterations=30)
+    steps = np.diff([*history.log_likelihood, history.final_log_likelihood])
+    assert (steps >= -1e-10).all(), steps.min()
+    assert history.final_log_likelihood > history.log_likelihood[0] + 0.01
+
+
+def test_noisy_em_recovers_the_clean_covariances_that_plain_em_inflates_by_the_noise():
+    # two well separated 3-D Gaussians observed through noise of variance s = 0.5
+    g = torch.Generator().manual_seed(0)
+    truth = GaussianMixture(2, 3).set_parameters(
+        torch.tensor([0.3, 0.7], dtype=torch.float64), torch.tensor([[-6.0, 0, 0], [6.0, 1, 0]], dtype=torch.float64),
+        torch.stack([torch.diag(torch.tensor([1.0, 0.3, 2.0], dtype=torch.float64)),
+                     torch.tensor([[1.5, 0.6, 0], [0.6, 1.0, 0.2], [0, 0.2, 0.8]], dtype=torch.float64)]))
+    x = truth.sample(40_000, generator=g)
+    s = 0.5
+    y = x + s**0.5 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    start = GaussianMixture(2, 3, reg_covar=0.0).set_parameters(
+        torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([[-5.0, 1, 1], [5.0, 0, -1]], dtype=torch.float64),
+        torch.eye(3, dtype=torch.float64).expand(2, 3, 3).clone())
+    adapted, _ = adapt_to_noisy(start, y, s, relevance=0.0, iterations=60)
+    plain = copy_of(start)
+    em_fit(plain, y, max_iter=60, tol=0.0)
+    eye = torch.eye(3, dtype=torch.float64)
+    # sampling error of a covariance from ~12,000-28,000 points is about 0.02-0.03
+    assert torch.allclose(adapted.covariances, truth.covariances, atol=0.06)
+    assert torch.allclose(plain.covariances, truth.covariances + s * eye, atol=0.06)  # plain EM fits Sigma + s I
+    assert torch.allclose(adapted.means, truth.means, atol=0.05)
+    assert torch.allclose(adapted.weights, truth.weights, atol=0.01)
+
+
+def test_a_strong_relevance_keeps_the_prior_and_an_unused_component_stays_as_it_was():
+    x = blobs(n=600, dim=3, k=3, seed=3)
+    prior = seeded_start(x, 3, 3)
+    kept, _ = adapt_to_noisy(prior, x + 0.1, 0.01, relevance=1e12, iterations=2)
+    for name in ("weights", "means", "covariances"):
+        assert torch.allclose(getattr(kept, name), getattr(prior, name), atol=1e-6), name
+    # a fourth component far from every point: N_k ~ 0, alpha_k ~ 0, its mean and covariance unchanged
+    far = GaussianMixture(4, 3).set_parameters(
+        torch.cat([prior.weights, torch.tensor([0.2], dtype=torch.float64)]),
+        torch.cat([prior.means, torch.full((1, 3), 1e3, dtype=torch.float64)]),
+        torch.cat([prior.covariances, torch.eye(3, dtype=torch.float64)[None]]))
+    adapted, _ = adapt_to_noisy(far, x, 0.01, relevance=1.0, iterations=3)
+    ridge = far.reg_covar * torch.eye(3, dtype=torch.float64)  # added once to every adapted covariance
+    assert torch.allclose(adapted.means[3], far.means[3])
+    assert torch.allclose(adapted.covariances[3], far.covariances[3] + ridge)
+    assert not torch.allclose(adapted.means[:3], far.means[:3], atol=1e-3)  # the used ones did move
+
+
 def test_bad_inputs_get_one_clear_error():
     mixture = GaussianMixture(2, 3)
     with pytest.raises(ValueError, match=r"points \[N, D\]"):
@@ -245,3 +316,9 @@ def test_bad_inputs_get_one_clear_error():
         mixture_from_assignments(torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]), 2)
     with pytest.raises(CapabilityError, match="unconditional"):
         mixture.log_prob(torch.zeros(2, 3), context=torch.zeros(2))
+    with pytest.raises(ValueError, match="adapt_to_noisy: noise_variance must be a number >= 0"):
+        adapt_to_noisy(mixture, torch.zeros(10, 3), -0.1)
+    with pytest.raises(ValueError, match="adapt_to_noisy: relevance must be a number >= 0"):
+        adapt_to_noisy(mixture, torch.zeros(10, 3), 0.1, relevance=float("inf"))
+    with pytest.raises(ValueError, match="3 values per point but the mixture is over"):
+        adapt_to_noisy(GaussianMixture(2, 4), torch.zeros(10, 3), 0.1)

@@ -8,8 +8,14 @@ import math
 import pytest
 import torch
 
-from dgmlab.models.mixtures import GaussianMixture, em_fit, mixture_from_assignments, most_likely_component
-from dgmlab.restoration import _patches, add_noise, annealed_betas, epll, psnr, wiener_patches, x_step
+from dgmlab.models.mixtures import (
+    GaussianMixture,
+    adapt_to_noisy,
+    em_fit,
+    mixture_from_assignments,
+    most_likely_component,
+)
+from dgmlab.restoration import _patches, adapted_epll, add_noise, annealed_betas, epll, psnr, wiener_patches, x_step
 
 
 def smooth_image(n=48, seed=0):
@@ -147,3 +153,20 @@ def test_epll_refuses_what_it_cannot_restore():
         epll(torch.zeros(8, 8), prior, 0.1, mask=torch.ones(4, 4))
     with pytest.raises(ValueError, match="not a square patch"):
         epll(torch.zeros(8, 8), GaussianMixture(2, 5), 0.1)
+    with pytest.raises(ValueError, match="adapted_epll: denoising only"):
+        adapted_epll(torch.zeros(8, 8), prior, 0.1, mask=torch.ones(8, 8))
+    with pytest.raises(ValueError, match="smaller than the prior's 4x4 patches"):
+        adapted_epll(torch.zeros(3, 8), prior, 0.1)
+
+
+def test_adapted_epll_is_epll_with_the_prior_adapted_to_the_noisy_patches():
+    clean = smooth_image(seed=2)
+    sigma = 25 / 255
+    noisy = add_noise(clean, sigma, seed=3)
+    prior = patch_prior()
+    result = adapted_epll(noisy, prior, sigma, iterations=4, stride=2, compute_dtype=None, clean=clean)
+    patches = torch.nn.functional.unfold(noisy[None, None], 4, stride=2)[0].T
+    adapted, history = adapt_to_noisy(prior, patches - patches.mean(1, keepdim=True), sigma**2, iterations=4)
+    assert torch.allclose(result.image, epll(noisy, adapted, sigma, compute_dtype=None).image, atol=1e-12)
+    assert history.final_log_likelihood > history.log_likelihood[0]  # the adapted prior explains these patches better
+    assert len(result.psnr) == 6  # epll's options pass through (here: clean, to record the PSNR per round)

@@ -77,7 +77,8 @@ def _nonnegative_float(text: str) -> float:
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISION_CHOICES = ("fp32", "bf16")  # dgmlab.train.PRECISIONS (kept here so --help needs no torch import)
-DENOISE_METHODS = ("epll", "dip", "bm3d", "nl_means", "tv", "wavelet", "wiener", "gaussian")  # dgmlab.denoising
+# dgmlab.denoising.METHODS
+DENOISE_METHODS = ("epll", "epll_adapted", "dip", "bm3d", "nl_means", "tv", "wavelet", "wiener", "gaussian")
 
 
 
@@ -225,14 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--out", type=Path, required=True, help="the PNG to write; an existing file is refused "
                                                                   "unless --overwrite")
     denoise.add_argument("--method", choices=DENOISE_METHODS, default="epll",
-                         help="epll (default: the bundled K = 200 patch prior), dip (the deep image prior), bm3d, or "
+                         help="epll (default: the bundled K = 200 patch prior), epll_adapted (that prior first "
+                              "adapted to the image's own patches by EM), dip (the deep image prior), bm3d, or "
                               "a classical denoiser with its parameter tuned per noise level: nl_means, tv, "
                               "wavelet, wiener, gaussian")
     denoise.add_argument("--sigma", type=_positive_float, default=None, metavar="SIGMA",
                          help="the noise's standard deviation on the 0..255 scale, e.g. 25 (default: estimated from "
                               "the image)")
     denoise.add_argument("--prior", type=Path, default=None, metavar="FILE",
-                         help="for epll: a patch prior in safetensors (written by "
+                         help="for epll and epll_adapted: a patch prior in safetensors (written by "
                               "dgmlab.models.mixtures.save_mixture; default: the bundled natural-image prior)")
     denoise.add_argument("--clean", type=Path, default=None, metavar="REFERENCE",
                          help="a clean image of the same size: report the PSNR of the input and of the result")

@@ -7,6 +7,8 @@ grey levels in [0, 1], and :math:`\sigma` given on the 0..255 scale (``sigma_255
 
 * ``epll``: :func:`dgmlab.restoration.epll` with the paper's schedule and a Gaussian-mixture patch prior, by
   default the bundled one (:func:`dgmlab.priors.natural_patch_prior`, K = 200 on 8x8 patches);
+* ``epll_adapted``: :func:`dgmlab.restoration.adapted_epll`, the same prior first re-estimated from the noisy
+  image's own patches (10 EM iterations with the noise modelled, relevance 1 towards the prior), then EPLL;
 * ``dip``: :func:`dgmlab.restoration.deep_image_prior`, stopped after ``iterations`` steps (default
   :data:`DIP_ITERATIONS`, tuned at :math:`\sigma = 25` on 128x128 crops of a training photograph; the right number
   depends on the image and the noise). The image is padded by mirroring to the sizes its network takes and
@@ -44,7 +46,7 @@ from dgmlab.errors import ImageFileError, RunExistsError
 __all__ = ["DIP_ITERATIONS", "METHODS", "TUNED", "DenoiseReport", "classical_denoisers", "denoise", "denoise_file",
            "estimate_noise_sigma", "read_grey_image", "write_grey_png"]
 
-METHODS = ("epll", "dip", "bm3d", "nl_means", "tv", "wavelet", "wiener", "gaussian")
+METHODS = ("epll", "epll_adapted", "dip", "bm3d", "nl_means", "tv", "wavelet", "wiener", "gaussian")
 DIP_ITERATIONS = 2000
 WAVELETS = ("db1", "db2", "db4", "sym8")
 # sigma_255 -> the parameter benchmarks/denoise_epll.py chose on a training photograph (its result file's
@@ -107,7 +109,7 @@ def denoise(noisy: Tensor, method: str, sigma_255: float, *, prior=None, iterati
     ``prior``: EPLL's patch prior (a :class:`~dgmlab.models.mixtures.GaussianMixture`; default the bundled one).
     ``iterations`` and ``seed``: the deep image prior's steps and seed. ``progress(step)``: called after each of
     the deep image prior's steps."""
-    from dgmlab.restoration import deep_image_prior, epll
+    from dgmlab.restoration import adapted_epll, deep_image_prior, epll
 
     if method not in METHODS:
         raise ValueError(f"denoise: unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -116,12 +118,12 @@ def denoise(noisy: Tensor, method: str, sigma_255: float, *, prior=None, iterati
                          f"{sigma_255!r}")
     sigma = sigma_255 / 255
     noisy = noisy.double()
-    if method == "epll":
+    if method in ("epll", "epll_adapted"):
         if prior is None:
             from dgmlab.priors import natural_patch_prior
 
             prior = natural_patch_prior()
-        return epll(noisy, prior, sigma).image
+        return (epll if method == "epll" else adapted_epll)(noisy, prior, sigma).image
     if method == "dip":
         from dgmlab.models.deep_image_prior import SkipNet
 
@@ -146,7 +148,8 @@ def denoise(noisy: Tensor, method: str, sigma_255: float, *, prior=None, iterati
 
 # --- files -----------------------------------------------------------------------------------------------------
 
-MINIMUM_SIDE = {"epll": 8, "dip": 8, "bm3d": 8, "nl_means": 8, "tv": 2, "wavelet": 2, "wiener": 3, "gaussian": 1}
+MINIMUM_SIDE = {"epll": 8, "epll_adapted": 8, "dip": 8, "bm3d": 8, "nl_means": 8, "tv": 2, "wavelet": 2, "wiener": 3,
+                "gaussian": 1}
 
 
 def read_grey_image(path: str | Path) -> tuple[Tensor, int]:
@@ -265,11 +268,11 @@ def denoise_file(image: str | Path, out: str | Path, *, method: str = "epll", si
     bit depth), refusing to replace an existing file unless ``overwrite``. Every input is checked before any work.
 
     ``sigma_255``: the noise level on the 0..255 scale (``None``: estimated from the image). ``prior``: a mixture
-    saved by :func:`~dgmlab.models.mixtures.save_mixture` for ``epll`` (default: the bundled prior). ``clean``: a
-    clean reference of the same size, to report the PSNR. ``add_noise``: ``image`` is clean; Gaussian noise of
-    ``sigma_255`` (required) from ``seed`` is added first, the PSNR is reported against ``image``, and the noisy
-    image is written to ``noisy_out`` if given. ``iterations`` and ``progress``: the deep image prior's steps
-    and a progress bar for them."""
+    saved by :func:`~dgmlab.models.mixtures.save_mixture` for ``epll`` and ``epll_adapted`` (default: the bundled
+    prior). ``clean``: a clean reference of the same size, to report the PSNR. ``add_noise``: ``image`` is clean;
+    Gaussian noise of ``sigma_255`` (required) from ``seed`` is added first, the PSNR is reported against
+    ``image``, and the noisy image is written to ``noisy_out`` if given. ``iterations`` and ``progress``: the deep
+    image prior's steps and a progress bar for them."""
     from dgmlab.models.mixtures import load_mixture
     from dgmlab.restoration import add_noise as noise_of
     from dgmlab.restoration import psnr
@@ -284,7 +287,7 @@ def denoise_file(image: str | Path, out: str | Path, *, method: str = "epll", si
         raise ValueError("with --add-noise the image itself is the clean reference; leave out --clean")
     if noisy_out is not None and not add_noise:
         raise ValueError("--noisy-out writes the image with the noise added: it needs --add-noise")
-    if prior is not None and method != "epll":
+    if prior is not None and method not in ("epll", "epll_adapted"):
         raise ValueError(f"--prior is EPLL's patch prior; the {method} method takes none")
     image, out = Path(image), Path(out)
     inputs = [image] + ([Path(clean)] if clean is not None else [])

@@ -26,6 +26,10 @@ The defaults are the paper's: :math:`\lambda = p^2/\sigma^2` and :math:`\beta = 
 one z-step and one x-step per :math:`\beta`. Images are grey levels in [0, 1]; :math:`\sigma` is in the same
 units (a noise of 25 grey levels on the 0..255 scale is :math:`\sigma = 25/255`).
 
+:func:`adapted_epll` first re-estimates the prior from the noisy image's own patches (EM with the clean patches
+as latent variables, MAP towards the generic prior; :func:`~dgmlab.models.mixtures.adapt_to_noisy`), then runs
+EPLL with it.
+
 The deep image prior (Ulyanov et al. 2018, :func:`deep_image_prior`) restores without any learned prior: it fits
 a randomly initialised network :math:`f_\theta(z)` (:class:`~dgmlab.models.deep_image_prior.SkipNet`) to the
 noisy image, :math:`\min_\theta \lVert f_\theta(z) - y\rVert^2` by Adam, and stops early, before the
@@ -44,11 +48,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmlab.models.deep_image_prior import SkipNet
-from dgmlab.models.mixtures import GaussianMixture, most_likely_component
+from dgmlab.models.mixtures import GaussianMixture, adapt_to_noisy, most_likely_component
 from dgmlab.utils import check_int
 
-__all__ = ["DeepImagePriorResult", "EPLLResult", "add_noise", "deep_image_prior", "epll", "psnr", "wiener_patches",
-           "x_step"]
+__all__ = ["DeepImagePriorResult", "EPLLResult", "adapted_epll", "add_noise", "deep_image_prior", "epll", "psnr",
+           "wiener_patches", "x_step"]
 
 PAPER_BETAS = (1.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -202,6 +206,32 @@ def epll(noisy: Tensor, mixture: GaussianMixture, sigma: float, *, mask: Tensor 
             callback(round_index, beta, x)
     result.image = x.clamp(0, 1)
     return result
+
+
+@torch.no_grad()
+def adapted_epll(noisy: Tensor, prior: GaussianMixture, sigma: float, *, relevance: float = 1.0,
+                 iterations: int = 10, stride: int = 1, compute_dtype: torch.dtype | None = torch.float32,
+                 **epll_options) -> EPLLResult:
+    r"""EPLL with the patch prior first adapted to the image itself (beyond Zoran & Weiss 2011): the clean-patch
+    mixture is re-estimated from the noisy image's own mean-removed patches (every ``stride``-th window) by
+    :func:`~dgmlab.models.mixtures.adapt_to_noisy`, EM with the clean patches as latent variables, the noise
+    variance :math:`\sigma^2` and ``relevance`` :math:`
+ho` pulling each component towards ``prior``; then
+    :func:`epll` restores ``noisy`` with the adapted mixture (``epll_options`` as there: ``betas``, ``lam``,
+    ``clean``, ...). Components that the image's patches use move to the image's statistics (its repeated
+    textures and edge directions); the others keep the prior's. The noise of a mean-removed patch has covariance
+    :math:`\sigma^2(I - 	frac1D\mathbf 1\mathbf 1^	op)`, taken as :math:`\sigma^2I` here as in EPLL's z-step.
+    Denoising only (no ``mask``): the adaptation's likelihood assumes every pixel observed with noise
+    :math:`\sigma`."""
+    size = _check_inputs(noisy, prior, sigma, None, epll_options.get("initial"))
+    if "mask" in epll_options:
+        raise ValueError("adapted_epll: denoising only; for inpainting (a mask) use epll with the prior as it is")
+    stride = check_int(stride, "stride", minimum=1, owner="adapted_epll")
+    patches = F.unfold(noisy.to(prior.means.dtype)[None, None], size, stride=stride)[0].T
+    patches = patches - patches.mean(1, keepdim=True)
+    adapted, _ = adapt_to_noisy(prior, patches, float(sigma) ** 2, relevance=relevance, iterations=iterations,
+                                compute_dtype=compute_dtype)
+    return epll(noisy, adapted, sigma, compute_dtype=compute_dtype, **epll_options)
 
 
 @dataclass

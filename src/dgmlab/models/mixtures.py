@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from dgmlab.models.protocols import reject_context
 from dgmlab.utils import check_int
 
-__all__ = ["EMHistory", "GaussianMixture", "KMeansResult", "em_fit", "em_step", "kmeans", "kmeans_plus_plus",
+__all__ = ["AdaptHistory", "EMHistory", "GaussianMixture", "KMeansResult", "adapt_to_noisy", "em_fit", "em_step",
+           "kmeans", "kmeans_plus_plus",
            "load_mixture", "mixture_from_assignments", "mixture_from_seeds", "most_likely_component", "save_mixture"]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -273,6 +274,18 @@ def em_step(mixture: GaussianMixture, x: Tensor, chunk_size: int = 2048, compute
     not far from the data's mean compared with their spread (mean-removed image patches); the second moments
     lose digits otherwise. ``shift``: the point the statistics are taken about (default: the mean of ``x``, which
     :func:`em_fit` computes once for all its steps)."""
+    counts, new_means, covariances, log_likelihood = _weighted_moments(mixture, x, chunk_size, compute_dtype, shift)
+    # Sigma_k = E_r[(x - mu_k)(x - mu_k)^T] + eps I
+    covariances.diagonal(dim1=-2, dim2=-1).add_(mixture.reg_covar)
+    mixture.set_parameters(counts / len(x), new_means, covariances)
+    return log_likelihood
+
+
+def _weighted_moments(mixture: GaussianMixture, x: Tensor, chunk_size: int, compute_dtype: torch.dtype | None,
+                      shift: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
+    """One pass of the E-step over ``x``: per component the responsibility mass :math:`N_k`, the weighted mean
+    and the weighted covariance of the points, and the mean log-likelihood per point, as :func:`em_step` uses
+    them."""
     K, D = mixture.num_components, mixture.dim
     dtype, device = mixture.means.dtype, mixture.means.device
     compute_dtype = compute_dtype or dtype
@@ -296,16 +309,106 @@ def em_step(mixture: GaussianMixture, x: Tensor, chunk_size: int = 2048, compute
     rows, cols = torch.triu_indices(D, D, device=device)
     # N_k + 10 eps as scikit-learn, so an empty component divides by a tiny number, not by zero
     counts = statistics[:, -1] + 10 * torch.finfo(dtype).eps
-    new_means = statistics[:, T:T + D] / counts[:, None]
+    means = statistics[:, T:T + D] / counts[:, None]
     second = statistics[:, :T] / counts[:, None]
     moments = torch.zeros(K, D, D, dtype=dtype, device=device)
     moments[:, rows, cols] = second
     moments[:, cols, rows] = second
-    # Sigma_k = E_r[x x^T] - mu_k mu_k^T + eps I
-    covariances = moments - new_means[:, :, None] * new_means[:, None, :]
-    covariances.diagonal(dim1=-2, dim2=-1).add_(mixture.reg_covar)
-    mixture.set_parameters(counts / len(x), new_means + shift, covariances)
-    return total / len(x)
+    covariances = moments - means[:, :, None] * means[:, None, :]
+    return counts, means + shift, covariances, total / len(x)
+
+
+@dataclass
+class AdaptHistory:
+    r"""What :func:`adapt_to_noisy` did: ``log_likelihood[i]`` is the mean log-likelihood per *noisy* point,
+    :math:`\log\sum_k\pi_k\mathcal N(y_n\mid\mu_k,\Sigma_k + sI)`, under the parameters before iteration
+    ``i + 1``; ``final_log_likelihood`` the one after the last."""
+
+    log_likelihood: list[float] = field(default_factory=list)
+    final_log_likelihood: float = float("nan")
+    seconds: float = 0.0
+
+
+def _with_noise(mixture: GaussianMixture, noise_variance: float) -> GaussianMixture:
+    # the mixture of the observations y = x + n: Sigma_k + s I
+    noisy = GaussianMixture(mixture.num_components, mixture.dim, reg_covar=0.0, dtype=mixture.means.dtype)
+    covariances = mixture.covariances.clone()
+    covariances.diagonal(dim1=-2, dim2=-1).add_(noise_variance)
+    return noisy.to(mixture.means.device).set_parameters(mixture.weights, mixture.means, covariances)
+
+
+@torch.no_grad()
+def adapt_to_noisy(prior: GaussianMixture, y: Tensor, noise_variance: float, *, relevance: float = 1.0,
+                   iterations: int = 10, chunk_size: int = 2048,
+                   compute_dtype: torch.dtype | None = None) -> tuple[GaussianMixture, AdaptHistory]:
+    r"""Adapt ``prior`` (a mixture over clean points :math:`x`) to noisy observations ``y`` ``[N, D]``,
+    :math:`y_n = x_n + \epsilon_n`, :math:`\epsilon_n \sim \mathcal N(0, sI)` with :math:`s` = ``noise_variance``:
+    EM for the clean mixture with :math:`x_n` and its component as the latent variables, and the prior's
+    parameters as a conjugate prior of strength ``relevance`` (MAP adaptation, Reynolds, Quatieri & Dunn 2000).
+    Returns the adapted mixture (``prior`` is left as it is) and the noisy log-likelihood per iteration.
+
+    **E-step.** Under component :math:`k`, :math:`y_n \sim \mathcal N(\mu_k, C_k)` with :math:`C_k = \Sigma_k + sI`,
+    so :math:`r_{nk} \propto \pi_k\mathcal N(y_n \mid \mu_k, C_k)`, and the clean point's posterior is Gaussian with
+    mean :math:`\mu_k + W_k(y_n - \mu_k)`, :math:`W_k = \Sigma_kC_k^{-1}`, and covariance
+    :math:`V_k = \Sigma_k - W_k\Sigma_k`.
+
+    **M-step.** With :math:`N_k = \sum_n r_{nk}`, :math:`ar y_k` and :math:`Q_k` the responsibility-weighted mean
+    and covariance of the :math:`y_n`, the expected clean moments are
+    :math:`ar x_k = \mu_k + W_k(ar y_k - \mu_k)` and :math:`S_k = W_kQ_kW_k^	op + V_k`, and with
+    :math:`lpha_k = N_k / (N_k +
+ho)` (:math:`
+ho` = ``relevance``; :math:`\pi^0, \mu^0, \Sigma^0` the prior's)
+
+    .. math:: \pi_k \propto lpha_k N_k / N + (1 - lpha_k)\pi^0_k,\qquad
+              \mu_k = lpha_kar x_k + (1 - lpha_k)\mu^0_k,
+
+    .. math:: \Sigma_k = lpha_kS_k + (1 - lpha_k)\Sigma^0_k
+              + lpha_k(1 - lpha_k)(ar x_k - \mu^0_k)(ar x_k - \mu^0_k)^	op + \epsilon I.
+
+    A component that explains few observations (:math:`N_k \ll
+ho`) keeps the prior's parameters; one that
+    explains many moves to what the data say. With :math:`
+ho = 0` this is EM on the noisy data, whose
+    log-likelihood :math:`\sum_n\log\sum_k\pi_k\mathcal N(y_n\mid\mu_k, C_k)` never decreases; with also
+    :math:`s = 0` it is :func:`em_step`. The E-step's pass is :func:`em_step`'s (``chunk_size``,
+    ``compute_dtype`` as there); :math:`\epsilon` is the prior's ``reg_covar``."""
+    owner = "adapt_to_noisy"
+    y = _check_data(y, prior.dim, owner)
+    check_int(iterations, "iterations", minimum=1, owner=owner)
+    check_int(chunk_size, "chunk_size", minimum=1, owner=owner)
+    if not (isinstance(noise_variance, (int, float)) and math.isfinite(noise_variance) and noise_variance >= 0):
+        raise ValueError(f"{owner}: noise_variance must be a number >= 0, got {noise_variance!r}")
+    if not (isinstance(relevance, (int, float)) and math.isfinite(relevance) and relevance >= 0):
+        raise ValueError(f"{owner}: relevance must be a number >= 0, got {relevance!r}")
+    started = time.perf_counter()
+    dtype = prior.means.dtype
+    weights0, means0, covariances0 = prior.weights, prior.means, prior.covariances
+    adapted = GaussianMixture(prior.num_components, prior.dim, reg_covar=prior.reg_covar, dtype=dtype)
+    adapted = adapted.to(prior.means.device).set_parameters(weights0, means0, covariances0)
+    eye = torch.eye(prior.dim, dtype=dtype, device=prior.means.device)
+    shift = y.mean(0, dtype=dtype)
+    history = AdaptHistory()
+    for _ in range(iterations):
+        noisy = _with_noise(adapted, noise_variance)
+        counts, y_means, y_covariances, log_likelihood = _weighted_moments(noisy, y, chunk_size, compute_dtype, shift)
+        history.log_likelihood.append(log_likelihood)
+        sigma, mu = adapted.covariances, adapted.means
+        # W_k = Sigma_k C_k^{-1} = (C_k^{-1} Sigma_k)^T, both symmetric
+        gain = torch.linalg.solve(sigma + noise_variance * eye, sigma).transpose(-1, -2)
+        x_means = mu + torch.einsum("kde,ke->kd", gain, y_means - mu)
+        x_covariances = gain @ y_covariances @ gain.transpose(-1, -2) + sigma - gain @ sigma
+        alpha = counts / (counts + relevance)
+        a = alpha[:, None, None]
+        offset = x_means - means0
+        covariances = (a * x_covariances + (1 - a) * covariances0
+                       + a * (1 - a) * offset[:, :, None] * offset[:, None, :])
+        covariances = 0.5 * (covariances + covariances.transpose(-1, -2))
+        covariances.diagonal(dim1=-2, dim2=-1).add_(prior.reg_covar)
+        weights = alpha * counts / len(y) + (1 - alpha) * weights0
+        adapted.set_parameters(weights, alpha[:, None] * x_means + (1 - alpha[:, None]) * means0, covariances)
+    history.final_log_likelihood = float(_with_noise(adapted, noise_variance).log_prob(y).mean())
+    history.seconds = time.perf_counter() - started
+    return adapted, history
 
 
 @torch.no_grad()
