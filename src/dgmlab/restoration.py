@@ -215,12 +215,11 @@ def adapted_epll(noisy: Tensor, prior: GaussianMixture, sigma: float, *, relevan
     r"""EPLL with the patch prior first adapted to the image itself (beyond Zoran & Weiss 2011): the clean-patch
     mixture is re-estimated from the noisy image's own mean-removed patches (every ``stride``-th window) by
     :func:`~dgmlab.models.mixtures.adapt_to_noisy`, EM with the clean patches as latent variables, the noise
-    variance :math:`\sigma^2` and ``relevance`` :math:`
-ho` pulling each component towards ``prior``; then
+    variance :math:`\sigma^2` and ``relevance`` :math:`\rho` pulling each component towards ``prior``; then
     :func:`epll` restores ``noisy`` with the adapted mixture (``epll_options`` as there: ``betas``, ``lam``,
     ``clean``, ...). Components that the image's patches use move to the image's statistics (its repeated
     textures and edge directions); the others keep the prior's. The noise of a mean-removed patch has covariance
-    :math:`\sigma^2(I - 	frac1D\mathbf 1\mathbf 1^	op)`, taken as :math:`\sigma^2I` here as in EPLL's z-step.
+    :math:`\sigma^2(I - \tfrac1D\mathbf 1\mathbf 1^\top)`, taken as :math:`\sigma^2I` here as in EPLL's z-step.
     Denoising only (no ``mask``): the adaptation's likelihood assumes every pixel observed with noise
     :math:`\sigma`."""
     size = _check_inputs(noisy, prior, sigma, None, epll_options.get("initial"))

@@ -352,23 +352,19 @@ def adapt_to_noisy(prior: GaussianMixture, y: Tensor, noise_variance: float, *, 
     mean :math:`\mu_k + W_k(y_n - \mu_k)`, :math:`W_k = \Sigma_kC_k^{-1}`, and covariance
     :math:`V_k = \Sigma_k - W_k\Sigma_k`.
 
-    **M-step.** With :math:`N_k = \sum_n r_{nk}`, :math:`ar y_k` and :math:`Q_k` the responsibility-weighted mean
+    **M-step.** With :math:`N_k = \sum_n r_{nk}`, :math:`\bar y_k` and :math:`Q_k` the responsibility-weighted mean
     and covariance of the :math:`y_n`, the expected clean moments are
-    :math:`ar x_k = \mu_k + W_k(ar y_k - \mu_k)` and :math:`S_k = W_kQ_kW_k^	op + V_k`, and with
-    :math:`lpha_k = N_k / (N_k +
-ho)` (:math:`
-ho` = ``relevance``; :math:`\pi^0, \mu^0, \Sigma^0` the prior's)
+    :math:`\bar x_k = \mu_k + W_k(\bar y_k - \mu_k)` and :math:`S_k = W_kQ_kW_k^\top + V_k`, and with
+    :math:`\alpha_k = N_k / (N_k + \rho)` (:math:`\rho` = ``relevance``; :math:`\pi^0, \mu^0, \Sigma^0` the prior's)
 
-    .. math:: \pi_k \propto lpha_k N_k / N + (1 - lpha_k)\pi^0_k,\qquad
-              \mu_k = lpha_kar x_k + (1 - lpha_k)\mu^0_k,
+    .. math:: \pi_k \propto \alpha_k N_k / N + (1 - \alpha_k)\pi^0_k,\qquad
+              \mu_k = \alpha_k\bar x_k + (1 - \alpha_k)\mu^0_k,
 
-    .. math:: \Sigma_k = lpha_kS_k + (1 - lpha_k)\Sigma^0_k
-              + lpha_k(1 - lpha_k)(ar x_k - \mu^0_k)(ar x_k - \mu^0_k)^	op + \epsilon I.
+    .. math:: \Sigma_k = \alpha_kS_k + (1 - \alpha_k)\Sigma^0_k
+              + \alpha_k(1 - \alpha_k)(\bar x_k - \mu^0_k)(\bar x_k - \mu^0_k)^\top + \epsilon I.
 
-    A component that explains few observations (:math:`N_k \ll
-ho`) keeps the prior's parameters; one that
-    explains many moves to what the data say. With :math:`
-ho = 0` this is EM on the noisy data, whose
+    A component that explains few observations (:math:`N_k \ll \rho`) keeps the prior's parameters; one that
+    explains many moves to what the data say. With :math:`\rho = 0` this is EM on the noisy data, whose
     log-likelihood :math:`\sum_n\log\sum_k\pi_k\mathcal N(y_n\mid\mu_k, C_k)` never decreases; with also
     :math:`s = 0` it is :func:`em_step`. The E-step's pass is :func:`em_step`'s (``chunk_size``,
     ``compute_dtype`` as there); :math:`\epsilon` is the prior's ``reg_covar``."""
