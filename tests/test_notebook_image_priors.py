@@ -216,6 +216,11 @@ def test_epll_matches_its_equations_and_denoises(executed):
     by_round = [float(value) for value in rounds.group(1).split(", ")]
     assert len(by_round) == 6 and all(b > a for a, b in itertools.pairwise(by_round))
     assert by_round[-1] == psnrs["EPLL, bundled K = 200"]
+    # the prior adapted to the noisy crop by EM explains its patches better, and still restores
+    match = re.search(rf"adapted prior: noisy log-likelihood ({NUMBER}) -> ({NUMBER}) nats per patch", text)
+    assert match and float(match.group(2)) > float(match.group(1))
+    adapted = number(text, rf"EPLL with the adapted prior: ({NUMBER}) dB")
+    assert adapted > noisy + 5
 
 
 def test_deep_image_prior_peaks_early_then_fits_the_noise(executed):
