@@ -13,7 +13,9 @@ seed, not clipped. The methods and where they come from:
   beta = (1, 4, 8, 16, 32, 64) / sigma^2, or ``--betas`` (multiples of 1 / sigma^2);
 * EPLL with an image-adapted prior (``epll_adapted``, dgmlab.restoration.adapted_epll): the same prior first
   re-estimated from the noisy image's own patches by EM with the noise modelled (``--adapt-iterations``
-  iterations, relevance ``--adapt-relevance`` towards the prior), then EPLL with the same schedule;
+  iterations, relevance ``--adapt-relevance`` towards the prior), then EPLL with the same schedule, and again
+  with the prior adapted to that restoration's patches (error variance ``--adapt-second-pass`` x sigma^2; 0: one
+  pass);
 * Gaussian filtering (scipy.ndimage.gaussian_filter) and Wiener filtering (scipy.signal.wiener);
 * total variation (skimage.restoration.denoise_tv_chambolle), wavelet shrinkage (denoise_wavelet, BayesShrink,
   the noise level given), non-local means (denoise_nl_means, the noise level given);
@@ -64,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapt-relevance", type=float, default=1.0,
                         help="epll_adapted: the relevance factor rho pulling each component towards the prior")
     parser.add_argument("--adapt-iterations", type=int, default=10, help="epll_adapted: EM iterations on the image")
+    parser.add_argument("--adapt-second-pass", type=float, default=0.2,
+                        help="epll_adapted: the first restoration's error variance as a fraction of sigma^2 for the "
+                             "second pass (0: one pass)")
     parser.add_argument("--components", type=int, default=200, help="K of the mixture fitted without --prior")
     parser.add_argument("--train-patches", type=int, default=100_000)
     parser.add_argument("--tune-on", default="astronaut", help="training photograph the baselines are tuned on")
@@ -113,6 +118,7 @@ def main() -> None:
                 elif method == "epll_adapted":
                     restored = adapted_epll(noisy, prior, sigma, relevance=args.adapt_relevance,
                                             iterations=args.adapt_iterations,
+                                            second_pass=args.adapt_second_pass or None,
                                             betas=[b / sigma**2 for b in args.betas]).image
                 elif method == "bm3d":
                     import bm3d
@@ -133,7 +139,8 @@ def main() -> None:
     result = {"benchmark": "denoise_epll", "images": args.images, "crop": args.crop,
               "train_photographs": list(TRAIN_PHOTOGRAPHS), "prior": prior_source,
               "epll_betas_times_sigma2": args.betas,
-              "adapted": {"relevance": args.adapt_relevance, "iterations": args.adapt_iterations},
+              "adapted": {"relevance": args.adapt_relevance, "iterations": args.adapt_iterations,
+                          "second_pass": args.adapt_second_pass or None},
               "tuned_on": f"{args.tune_on}, centre crop {args.tune_crop}", "tuned_parameters": tuned,
               "mean_psnr_db": means, "rows": rows, "threads": args.threads, "command": " ".join(sys.argv)}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")

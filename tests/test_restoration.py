@@ -159,14 +159,25 @@ def test_epll_refuses_what_it_cannot_restore():
         adapted_epll(torch.zeros(3, 8), prior, 0.1)
 
 
-def test_adapted_epll_is_epll_with_the_prior_adapted_to_the_noisy_patches():
+def test_adapted_epll_is_epll_with_the_prior_adapted_to_the_noisy_patches_then_to_the_first_restoration():
     clean = smooth_image(seed=2)
     sigma = 25 / 255
     noisy = add_noise(clean, sigma, seed=3)
     prior = patch_prior()
-    result = adapted_epll(noisy, prior, sigma, iterations=4, stride=2, compute_dtype=None, clean=clean)
-    patches = torch.nn.functional.unfold(noisy[None, None], 4, stride=2)[0].T
-    adapted, history = adapt_to_noisy(prior, patches - patches.mean(1, keepdim=True), sigma**2, iterations=4)
-    assert torch.allclose(result.image, epll(noisy, adapted, sigma, compute_dtype=None).image, atol=1e-12)
+
+    def adapted_to(image, noise_variance):
+        patches = torch.nn.functional.unfold(image[None, None], 4, stride=2)[0].T
+        return adapt_to_noisy(prior, patches - patches.mean(1, keepdim=True), noise_variance, iterations=4)
+
+    one = adapted_epll(noisy, prior, sigma, iterations=4, stride=2, second_pass=None, compute_dtype=None, clean=clean)
+    adapted, history = adapted_to(noisy, sigma**2)
+    first = epll(noisy, adapted, sigma, compute_dtype=None)
+    assert torch.allclose(one.image, first.image, atol=1e-12)
     assert history.final_log_likelihood > history.log_likelihood[0]  # the adapted prior explains these patches better
-    assert len(result.psnr) == 6  # epll's options pass through (here: clean, to record the PSNR per round)
+    assert len(one.psnr) == 6  # epll's options pass through (here: clean, to record the PSNR per round)
+    two = adapted_epll(noisy, prior, sigma, iterations=4, stride=2, compute_dtype=None, clean=clean)
+    again, _ = adapted_to(first.image, 0.2 * sigma**2)  # the default second pass: error variance 0.2 sigma^2
+    assert torch.allclose(two.image, epll(noisy, again, sigma, compute_dtype=None).image, atol=1e-12)
+    assert len(two.psnr) == 6 and two.psnr[-1] == psnr(two.image, clean)
+    with pytest.raises(ValueError, match="second_pass is the first restoration's error variance"):
+        adapted_epll(noisy, prior, sigma, second_pass=0.0)

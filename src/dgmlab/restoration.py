@@ -28,7 +28,7 @@ units (a noise of 25 grey levels on the 0..255 scale is :math:`\sigma = 25/255`)
 
 :func:`adapted_epll` first re-estimates the prior from the noisy image's own patches (EM with the clean patches
 as latent variables, MAP towards the generic prior; :func:`~dgmlab.models.mixtures.adapt_to_noisy`), then runs
-EPLL with it.
+EPLL with it, and by default a second time with the prior adapted to the first restoration's patches.
 
 The deep image prior (Ulyanov et al. 2018, :func:`deep_image_prior`) restores without any learned prior: it fits
 a randomly initialised network :math:`f_\theta(z)` (:class:`~dgmlab.models.deep_image_prior.SkipNet`) to the
@@ -210,27 +210,45 @@ def epll(noisy: Tensor, mixture: GaussianMixture, sigma: float, *, mask: Tensor 
 
 @torch.no_grad()
 def adapted_epll(noisy: Tensor, prior: GaussianMixture, sigma: float, *, relevance: float = 1.0,
-                 iterations: int = 10, stride: int = 1, compute_dtype: torch.dtype | None = torch.float32,
-                 **epll_options) -> EPLLResult:
-    r"""EPLL with the patch prior first adapted to the image itself (beyond Zoran & Weiss 2011): the clean-patch
-    mixture is re-estimated from the noisy image's own mean-removed patches (every ``stride``-th window) by
-    :func:`~dgmlab.models.mixtures.adapt_to_noisy`, EM with the clean patches as latent variables, the noise
-    variance :math:`\sigma^2` and ``relevance`` :math:`\rho` pulling each component towards ``prior``; then
-    :func:`epll` restores ``noisy`` with the adapted mixture (``epll_options`` as there: ``betas``, ``lam``,
-    ``clean``, ...). Components that the image's patches use move to the image's statistics (its repeated
-    textures and edge directions); the others keep the prior's. The noise of a mean-removed patch has covariance
-    :math:`\sigma^2(I - \tfrac1D\mathbf 1\mathbf 1^\top)`, taken as :math:`\sigma^2I` here as in EPLL's z-step.
+                 iterations: int = 10, stride: int = 1, second_pass: float | None = 0.2,
+                 compute_dtype: torch.dtype | None = torch.float32, **epll_options) -> EPLLResult:
+    r"""EPLL with the patch prior first adapted to the image itself (beyond Zoran & Weiss 2011), in two passes.
+
+    1. The clean-patch mixture is re-estimated from the noisy image's own mean-removed patches (every
+       ``stride``-th window) by :func:`~dgmlab.models.mixtures.adapt_to_noisy`: EM with the clean patches as
+       latent variables, the noise variance :math:`\sigma^2`, ``iterations`` iterations from ``prior`` and
+       ``relevance`` :math:`\rho` pulling each component towards it; :func:`epll` restores ``noisy`` with it.
+    2. With ``second_pass`` :math:`= c` (not ``None``), the mixture is adapted again from ``prior``, now to the
+       patches of the first restoration :math:`\hat x_1`, whose remaining error is modelled as white noise of
+       variance :math:`c\sigma^2`; :func:`epll` restores ``noisy`` once more with that mixture.
+
+    ``epll_options`` go to both :func:`epll` calls (``betas``, ``lam``, ...; ``clean`` and ``callback`` to the
+    last only). Components that the image's patches use move to the image's statistics (its repeated textures and
+    edge directions); the others keep the prior's. The noise of a mean-removed patch has covariance
+    :math:`\sigma^2(I - \tfrac1D\mathbf 1\mathbf 1^\top)`, taken as :math:`\sigma^2I` as in EPLL's z-step.
     Denoising only (no ``mask``): the adaptation's likelihood assumes every pixel observed with noise
     :math:`\sigma`."""
     size = _check_inputs(noisy, prior, sigma, None, epll_options.get("initial"))
     if "mask" in epll_options:
         raise ValueError("adapted_epll: denoising only; for inpainting (a mask) use epll with the prior as it is")
     stride = check_int(stride, "stride", minimum=1, owner="adapted_epll")
-    patches = F.unfold(noisy.to(prior.means.dtype)[None, None], size, stride=stride)[0].T
-    patches = patches - patches.mean(1, keepdim=True)
-    adapted, _ = adapt_to_noisy(prior, patches, float(sigma) ** 2, relevance=relevance, iterations=iterations,
-                                compute_dtype=compute_dtype)
-    return epll(noisy, adapted, sigma, compute_dtype=compute_dtype, **epll_options)
+    if second_pass is not None and not (isinstance(second_pass, (int, float)) and second_pass > 0):
+        raise ValueError(f"adapted_epll: second_pass is the first restoration's error variance as a fraction of "
+                         f"sigma^2 (a number > 0, e.g. 0.2), or None for one pass; got {second_pass!r}")
+
+    def adapted_to(image: Tensor, noise_variance: float) -> GaussianMixture:
+        patches = F.unfold(image.to(prior.means.dtype)[None, None], size, stride=stride)[0].T
+        mixture, _ = adapt_to_noisy(prior, patches - patches.mean(1, keepdim=True), noise_variance,
+                                    relevance=relevance, iterations=iterations, compute_dtype=compute_dtype)
+        return mixture
+
+    final = {key: epll_options.pop(key) for key in ("clean", "callback") if key in epll_options}
+    if second_pass is None:
+        return epll(noisy, adapted_to(noisy, float(sigma) ** 2), sigma, compute_dtype=compute_dtype, **epll_options,
+                    **final)
+    first = epll(noisy, adapted_to(noisy, float(sigma) ** 2), sigma, compute_dtype=compute_dtype, **epll_options)
+    mixture = adapted_to(first.image, float(second_pass) * float(sigma) ** 2)
+    return epll(noisy, mixture, sigma, compute_dtype=compute_dtype, **epll_options, **final)
 
 
 @dataclass
