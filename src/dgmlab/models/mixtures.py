@@ -451,10 +451,7 @@ def most_likely_component(mixture: GaussianMixture, x: Tensor, *, added_variance
     dtype = mixture.means.dtype
     compute_dtype = compute_dtype or dtype
     if added_variance > 0:
-        noisy = GaussianMixture(mixture.num_components, mixture.dim, reg_covar=0.0, dtype=dtype).to(x.device)
-        covariances = mixture.covariances.clone()
-        covariances.diagonal(dim1=-2, dim2=-1).add_(added_variance)
-        mixture = noisy.set_parameters(mixture.weights, mixture.means, covariances)
+        mixture = _with_noise(mixture, added_variance)
     shift = x.mean(0, dtype=dtype)
     weights = _feature_weights(mixture.weights, mixture.means - shift, mixture.precision_cholesky).to(compute_dtype)
     buffer = torch.empty(min(chunk_size, len(x)), weights.shape[1], dtype=compute_dtype, device=x.device)
