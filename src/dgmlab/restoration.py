@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmlab.models.deep_image_prior import SkipNet
-from dgmlab.models.mixtures import GaussianMixture, adapt_to_noisy, most_likely_component
+from dgmlab.models.mixtures import GaussianMixture, adapt_to_noisy, most_likely_component, wiener_gains
 from dgmlab.utils import check_int
 
 __all__ = ["DeepImagePriorResult", "EPLLResult", "adapted_epll", "add_noise", "deep_image_prior", "epll", "psnr",
@@ -88,9 +88,9 @@ def annealed_betas(first_sigma: float, last_sigma: float, rounds: int) -> list[f
     return [(first_sigma * ratio ** (t / (rounds - 1))) ** -2 for t in range(rounds)]
 
 
-def _patches(image: Tensor, size: int) -> Tensor:
-    # every size x size window, row-major positions, each flattened row by row: [L, size^2]
-    return F.unfold(image[None, None], size)[0].T
+def _patches(image: Tensor, size: int, stride: int = 1) -> Tensor:
+    # every size x size window (every stride-th), row-major positions, each flattened row by row: [L, size^2]
+    return F.unfold(image[None, None], size, stride=stride)[0].T
 
 
 def _fold(patches: Tensor, shape: tuple[int, int], size: int) -> Tensor:
@@ -106,10 +106,8 @@ def wiener_patches(mixture: GaussianMixture, patches: Tensor, noise_variance: fl
     filtered patches and the chosen components ``[N]``. ``compute_dtype`` is the dtype of the choice
     (:func:`~dgmlab.models.mixtures.most_likely_component`); the filtering is in the patches' dtype."""
     components = most_likely_component(mixture, patches, added_variance=noise_variance, compute_dtype=compute_dtype)
-    sigma = mixture.covariances
-    eye = torch.eye(mixture.dim, dtype=sigma.dtype, device=sigma.device)
-    # F_k^T = (Sigma_k + s I)^{-1} Sigma_k, the transpose of the Wiener filter (both factors symmetric)
-    filters_t = torch.linalg.solve(sigma + noise_variance * eye, sigma).to(patches.dtype)
+    # the filters transposed, so that each patch (a row) is multiplied from the left
+    filters_t = wiener_gains(mixture, noise_variance).transpose(-1, -2).to(patches.dtype)
     means = mixture.means.to(patches.dtype)
     filtered = torch.empty_like(patches)
     order = torch.argsort(components)
@@ -237,18 +235,17 @@ def adapted_epll(noisy: Tensor, prior: GaussianMixture, sigma: float, *, relevan
                          f"sigma^2 (a number > 0, e.g. 0.2), or None for one pass; got {second_pass!r}")
 
     def adapted_to(image: Tensor, noise_variance: float) -> GaussianMixture:
-        patches = F.unfold(image.to(prior.means.dtype)[None, None], size, stride=stride)[0].T
+        patches = _patches(image.to(prior.means.dtype), size, stride)
         mixture, _ = adapt_to_noisy(prior, patches - patches.mean(1, keepdim=True), noise_variance,
                                     relevance=relevance, iterations=iterations, compute_dtype=compute_dtype)
         return mixture
 
-    final = {key: epll_options.pop(key) for key in ("clean", "callback") if key in epll_options}
-    if second_pass is None:
-        return epll(noisy, adapted_to(noisy, float(sigma) ** 2), sigma, compute_dtype=compute_dtype, **epll_options,
-                    **final)
-    first = epll(noisy, adapted_to(noisy, float(sigma) ** 2), sigma, compute_dtype=compute_dtype, **epll_options)
-    mixture = adapted_to(first.image, float(second_pass) * float(sigma) ** 2)
-    return epll(noisy, mixture, sigma, compute_dtype=compute_dtype, **epll_options, **final)
+    last_only = {key: epll_options.pop(key) for key in ("clean", "callback") if key in epll_options}
+    mixture = adapted_to(noisy, float(sigma) ** 2)
+    if second_pass is not None:
+        first = epll(noisy, mixture, sigma, compute_dtype=compute_dtype, **epll_options)
+        mixture = adapted_to(first.image, float(second_pass) * float(sigma) ** 2)
+    return epll(noisy, mixture, sigma, compute_dtype=compute_dtype, **epll_options, **last_only)
 
 
 @dataclass

@@ -49,7 +49,8 @@ from dgmlab.utils import check_int
 
 __all__ = ["AdaptHistory", "EMHistory", "GaussianMixture", "KMeansResult", "adapt_to_noisy", "em_fit", "em_step",
            "kmeans", "kmeans_plus_plus",
-           "load_mixture", "mixture_from_assignments", "mixture_from_seeds", "most_likely_component", "save_mixture"]
+           "load_mixture", "mixture_from_assignments", "mixture_from_seeds", "most_likely_component", "save_mixture",
+           "wiener_gains"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -337,6 +338,16 @@ def _with_noise(mixture: GaussianMixture, noise_variance: float) -> GaussianMixt
     return noisy.to(mixture.means.device).set_parameters(mixture.weights, mixture.means, covariances)
 
 
+def wiener_gains(mixture: GaussianMixture, noise_variance: float) -> Tensor:
+    r""":math:`W_k = \Sigma_k(\Sigma_k + sI)^{-1}` for every component, ``[K, D, D]``: the gain of the Wiener
+    filter :math:`\mu_k + W_k(y - \mu_k)`, the mean of a clean point given its observation :math:`y` with added
+    noise of variance :math:`s` under component :math:`k` (EPLL's z-step, the E-step of :func:`adapt_to_noisy`)."""
+    sigma = mixture.covariances
+    eye = torch.eye(mixture.dim, dtype=sigma.dtype, device=sigma.device)
+    # (Sigma_k + s I)^{-1} Sigma_k is W_k^T: both factors are symmetric
+    return torch.linalg.solve(sigma + noise_variance * eye, sigma).transpose(-1, -2)
+
+
 @torch.no_grad()
 def adapt_to_noisy(prior: GaussianMixture, y: Tensor, noise_variance: float, *, relevance: float = 1.0,
                    iterations: int = 10, chunk_size: int = 2048,
@@ -381,7 +392,6 @@ def adapt_to_noisy(prior: GaussianMixture, y: Tensor, noise_variance: float, *, 
     weights0, means0, covariances0 = prior.weights, prior.means, prior.covariances
     adapted = GaussianMixture(prior.num_components, prior.dim, reg_covar=prior.reg_covar, dtype=dtype)
     adapted = adapted.to(prior.means.device).set_parameters(weights0, means0, covariances0)
-    eye = torch.eye(prior.dim, dtype=dtype, device=prior.means.device)
     shift = y.mean(0, dtype=dtype)
     history = AdaptHistory()
     for _ in range(iterations):
@@ -389,8 +399,7 @@ def adapt_to_noisy(prior: GaussianMixture, y: Tensor, noise_variance: float, *, 
         counts, y_means, y_covariances, log_likelihood = _weighted_moments(noisy, y, chunk_size, compute_dtype, shift)
         history.log_likelihood.append(log_likelihood)
         sigma, mu = adapted.covariances, adapted.means
-        # W_k = Sigma_k C_k^{-1} = (C_k^{-1} Sigma_k)^T, both symmetric
-        gain = torch.linalg.solve(sigma + noise_variance * eye, sigma).transpose(-1, -2)
+        gain = wiener_gains(adapted, noise_variance)
         x_means = mu + torch.einsum("kde,ke->kd", gain, y_means - mu)
         x_covariances = gain @ y_covariances @ gain.transpose(-1, -2) + sigma - gain @ sigma
         alpha = counts / (counts + relevance)
