@@ -152,13 +152,27 @@ def session(device: str = "auto") -> Iterator[Group]:
                                f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}") from error
     try:
         yield current()
-    finally:
+    except BaseException:
+        # a peer may be dead or hung: no barrier, the group goes as it is
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+        raise
+    # every rank has finished its collectives before any tears the group down: a rank that leaves first would
+    # close its connections under a peer's last messages (not after a peer failure, caught inside the block)
+    if not _PEER_FAILED:
+        with contextlib.suppress(Exception):
+            dist.barrier()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
+_PEER_FAILED = False  # set once a collective of this process has failed on a dead or hung peer
 
 
 def peer_failure(error: BaseException, where: str) -> DistributedError:
     """The one-line error of a collective that failed because another rank died or hung."""
+    global _PEER_FAILED
+    _PEER_FAILED = True
     group = current()
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return DistributedError(f"{group.label()}: another process of this run stopped or stopped answering during "
