@@ -25,7 +25,8 @@ The classical methods have one free parameter each (the filter width, the window
 wavelet, NLM's h); it is chosen per sigma by the best PSNR on a crop of one *training* photograph
 (``--tune-on``), never on the test images. EPLL's and BM3D's settings are their authors' defaults. Reported:
 the PSNR (dB) of each method on each test image and their mean, and seconds per image, as ``result.json``
-and a table; ``--figure`` saves the noisy and restored crops at sigma = 25.
+and a table; with sigma = 25 among the sigmas, ``denoised_sigma25.png`` shows the first image clean, noisy and
+restored by each method at that noise.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ def load_prior(args: argparse.Namespace) -> tuple[GaussianMixture, str]:
     in dgmlab.priors, the K = 200 mixture of the result files), or one of ``args.components`` fitted here to
     ``args.train_patches`` mean-removed 8x8 patches of the training photographs; with a line saying which."""
     if args.prior is not None and str(args.prior) == "bundled":
-        from dgmlab.priors import natural_patch_prior, natural_patch_prior_path
+        from dgmlab.priors import NATURAL_PATCH_PRIOR, natural_patch_prior, natural_patch_prior_path
 
-        return natural_patch_prior(), f"bundled: {natural_patch_prior_path().name}"
+        # the file's SHA-256 prefix says which bundled prior a result file was measured with
+        return natural_patch_prior(), (f"bundled: {natural_patch_prior_path().name} "
+                                       f"(SHA-256 {NATURAL_PATCH_PRIOR[1][:12]})")
     if args.prior is not None:
         return load_mixture(args.prior), str(args.prior)
     generator = torch.Generator().manual_seed(args.seed)

@@ -164,12 +164,15 @@ def test_epll_uses_the_bundled_prior_by_default(clean):
     assert torch.equal(denoise(noisy, "epll", 25), epll(noisy, priors.natural_patch_prior(), 25 / 255).image)
 
 
-def test_adapted_epll_uses_the_bundled_prior_and_beats_plain_epll_on_a_photograph(clean):
+def test_adapted_epll_uses_the_bundled_prior_and_beats_plain_epll_on_a_photograph():
+    # 96 x 96: 7,921 patches to adapt 200 components to (29.54 against 29.13 dB); on the 48 x 48 crop, 1,681
+    # patches, the adaptation overfits and loses 0.38 dB to plain EPLL, as adapted_epll's docstring says
+    clean = centre_crop(photograph("camera"), 96)
     noisy = add_noise(clean, 25 / 255, seed=0)
     prior = priors.natural_patch_prior()
     adapted = denoise(noisy, "epll_adapted", 25)
     assert torch.equal(adapted, adapted_epll(noisy, prior, 25 / 255).image)
-    assert psnr(adapted, clean) > psnr(epll(noisy, prior, 25 / 255).image, clean) + 0.1
+    assert psnr(adapted, clean) > psnr(epll(noisy, prior, 25 / 255).image, clean) + 0.2
 
 
 def test_the_deep_image_prior_takes_any_size_and_is_seeded():
@@ -197,12 +200,12 @@ def test_the_bundled_prior_is_the_measured_one():
     prior = priors.natural_patch_prior()
     assert (prior.num_components, prior.dim) == (200, 64) and prior.means.dtype == torch.float64
     assert math.isclose(float(prior.weights.sum()), 1.0, abs_tol=1e-9)
-    # the test patches of benchmarks/patch_prior_gmm.py (seed 0: 50,000 training patches drawn first), scored as
-    # in benchmarks/results/patch_prior_gmm_cpu_2026-12-02.json
+    # the test patches of benchmarks/patch_prior_gmm.py (seed 0: 300,000 training patches drawn first), scored as
+    # in benchmarks/results/patch_prior_gmm_300k_cpu_2026-12-04.json
     generator = torch.Generator().manual_seed(0)
-    random_patches(photographs("train"), 50_000, 8, generator=generator)
+    random_patches(photographs("train"), 300_000, 8, generator=generator)
     test = random_patches(photographs("test"), 20_000, 8, generator=generator)
-    result = json.loads((ROOT / "benchmarks" / "results" / "patch_prior_gmm_cpu_2026-12-02.json").read_text())
+    result = json.loads((ROOT / "benchmarks" / "results" / "patch_prior_gmm_300k_cpu_2026-12-04.json").read_text())
     (row,) = [row for row in result["rows"] if row["K"] == 200]
     assert abs(float(prior.log_prob(test).mean()) - row["test_log_likelihood_nats"]) < 2e-3
 

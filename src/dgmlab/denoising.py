@@ -9,7 +9,8 @@ grey levels in [0, 1], and :math:`\sigma` given on the 0..255 scale (``sigma_255
   default the bundled one (:func:`dgmlab.priors.natural_patch_prior`, K = 200 on 8x8 patches);
 * ``epll_adapted``: :func:`dgmlab.restoration.adapted_epll`, the same prior first re-estimated from the noisy
   image's own patches (10 EM iterations with the noise modelled, relevance 1 towards the prior), then EPLL, then
-  the prior adapted again to that restoration's patches and EPLL once more;
+  the prior adapted again to that restoration's patches and EPLL once more (it needs the patches of an image
+  of about 100x100 pixels or more: on a 48x48 crop it loses to ``epll``);
 * ``dip``: :func:`dgmlab.restoration.deep_image_prior`, stopped after ``iterations`` steps (default
   :data:`DIP_ITERATIONS`, tuned at :math:`\sigma = 25` on 128x128 crops of a training photograph; the right number
   depends on the image and the noise). The image is padded by mirroring to the sizes its network takes and

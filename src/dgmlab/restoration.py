@@ -225,7 +225,10 @@ def adapted_epll(noisy: Tensor, prior: GaussianMixture, sigma: float, *, relevan
     edge directions); the others keep the prior's. The noise of a mean-removed patch has covariance
     :math:`\sigma^2(I - \tfrac1D\mathbf 1\mathbf 1^\top)`, taken as :math:`\sigma^2I` as in EPLL's z-step.
     Denoising only (no ``mask``): the adaptation's likelihood assumes every pixel observed with noise
-    :math:`\sigma`."""
+    :math:`\sigma`. It needs enough patches per component: with the bundled :math:`K = 200` prior at
+    :math:`\sigma = 25/255` and the paper's schedule it gained 0.41 dB over :func:`epll` on the centre
+    :math:`96\times96` of camera (7,921 patches) but lost 0.38 dB on its centre :math:`48\times48` (1,681
+    patches), where the adapted covariances fit the noise; for images that small use :func:`epll`."""
     size = _check_inputs(noisy, prior, sigma, None, epll_options.get("initial"))
     if "mask" in epll_options:
         raise ValueError("adapted_epll: denoising only; for inpainting (a mask) use epll with the prior as it is")

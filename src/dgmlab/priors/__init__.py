@@ -5,11 +5,13 @@ r"""Trained priors shipped inside the package, so that restoring an image needs 
 
 .. math:: p(x) = \sum_{k=1}^{200} \pi_k\,\mathcal N(x \mid \mu_k, \Sigma_k),
 
-fitted by EM (:func:`dgmlab.models.mixtures.em_fit`) to 50,000 random patches of the eight training photographs
-of :mod:`dgmlab.data.images` (50 iterations from a k-means++ start). It is the mixture of the measured denoising
-and inpainting tables; ``benchmarks/patch_prior_gmm.py`` fits it again (the command is in the file's header,
-with the data and the test log-likelihood). It is stored in float32 (3.3 MB) and read back in float64; EPLL with
-it and with the float64 original agree to 1e-8 dB. The file is checked against its SHA-256 before it is read.
+fitted by EM (:func:`dgmlab.models.mixtures.em_fit`) to 300,000 random patches of the eight training photographs
+of :mod:`dgmlab.data.images` (50 iterations from a k-means++ start; held-out log-likelihood 202.39 nats per test
+patch). ``benchmarks/patch_prior_gmm.py`` fits it again (the command is in the file's metadata and in
+``benchmarks/results/patch_prior_gmm_300k_cpu_2026-12-04.json``). Until 2026-12-04 the package shipped the same
+mixture fitted to 50,000 patches (test log-likelihood 198.69, SHA-256 6d217338...): a result file whose prior
+is ``bundled: natural_8x8_k200.safetensors`` with no SHA-256 after it used that one. It is stored in float32 (3.3 MB) and read back in float64; EPLL with it and with the
+float64 original agree to 1e-6 dB. The file is checked against its SHA-256 before it is read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ __all__ = ["NATURAL_PATCH_PRIOR", "natural_patch_prior", "natural_patch_prior_pa
 
 # file in this package and its SHA-256
 NATURAL_PATCH_PRIOR = ("natural_8x8_k200.safetensors",
-                       "6d21733864435ec02af5cb73838fb9cfd98986b1e8e3833bb9709d06612a58f3")
+                       "463a2e7104ccfccda93e8946c34b5f29ddf83b2da4f0be2981f087814819a766")
 
 
 def natural_patch_prior_path() -> Path:
