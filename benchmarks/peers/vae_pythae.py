@@ -5,6 +5,7 @@ examples per second and the final training loss (negative ELBO, nats per example
     .venv/bin/python benchmarks/peers/vae_pythae.py                  # the recorded setting (3 rounds x 3 epochs)
     .venv/bin/python benchmarks/peers/vae_pythae.py --epochs 1 --rounds 1 --limit 512 --threads 1   # a smoke run
     .venv/bin/python benchmarks/peers/vae_pythae.py --out benchmarks/results/vae_pythae_cpu_DATE.json
+    .venv/bin/python benchmarks/peers/vae_pythae.py --precision bf16 [--compile]   # dgmlab's steps in bf16
 
 The model, the same in both libraries: a VAE 784-512-32 with a Bernoulli decoder. Encoder 784 -> 512 (ReLU)
 -> the mean and log-variance of 32 latents; decoder 32 -> 512 (ReLU) -> 784. dgmlab:
@@ -44,6 +45,7 @@ is reported per library, with the ratio pythae / dgmlab (dgmlab's throughput adv
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -114,10 +116,12 @@ def loss_units_check(x: torch.Tensor) -> dict[str, float]:
             "abs_difference": round(abs(float(ours.loss.mean()) - float(loss)), 5)}
 
 
-def train_dgmlab(x: torch.Tensor, epochs: int, seed: int) -> dict[str, Any]:
+def train_dgmlab(x: torch.Tensor, epochs: int, seed: int, precision: str = "fp32",
+                 compile: bool = False) -> dict[str, Any]:
     model = dgmlab_vae(seed)
     batches = TensorBatches(x.reshape(len(x), -1), batch_size=BATCH, seed=seed)
-    settings = TrainSettings(epochs=epochs, lr=1e-3, seed=seed, device="cpu", progress=False)
+    settings = TrainSettings(epochs=epochs, lr=1e-3, seed=seed, device="cpu", progress=False, precision=precision,
+                             compile=compile)
     started = time.perf_counter()
     history = fit(model, lambda m, b: negative_elbo(m, b[0]), batches, settings=settings)
     call = time.perf_counter() - started
@@ -170,6 +174,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="train on the first N digits only (0: all 60,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="dgmlab's training steps: fp32, or bf16 mixed precision (dgmlab.train); pythae stays "
+                             "fp32: its amp option is CUDA autocast only, off with no_cuda and for the BCE loss")
+    parser.add_argument("--compile", action="store_true", help="dgmlab's steps under torch.compile (dgmlab.train)")
     args = parser.parse_args()
     if args.epochs < 1 or args.rounds < 1 or args.threads < 1 or args.limit < 0:
         parser.error("--epochs, --rounds and --threads must be >= 1 and --limit >= 0")
@@ -187,7 +195,8 @@ def main() -> None:
     print(f"loss units: on the same weights, batch and draw dgmlab -ELBO {check['dgmlab_neg_elbo']} nats, "
           f"pythae loss {check['pythae_loss']} (|difference| {check['abs_difference']})", flush=True)
 
-    trainers = {"dgmlab": train_dgmlab, "pythae": train_pythae}
+    trainers = {"dgmlab": functools.partial(train_dgmlab, precision=args.precision, compile=args.compile),
+                "pythae": train_pythae}
     for name in LIBRARIES:  # untimed: one-time costs (lazy imports on the first training step) fall on neither
         trainers[name](x[:2 * BATCH], 1, args.seed)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in LIBRARIES}
@@ -205,9 +214,11 @@ def main() -> None:
     result: dict[str, Any] = {
         "setting": f"VAE 784-{HIDDEN}-{LATENT} (ReLU, Bernoulli decoder) on {n} grey MNIST digits, batch {BATCH}, "
                    f"Adam 1e-3, {args.epochs} epochs x {args.rounds} rounds alternating, cpu, "
-                   f"{torch.get_num_threads()} threads",
+                   f"{torch.get_num_threads()} threads; dgmlab {args.precision}"
+                   f"{' compiled' if args.compile else ''}, pythae fp32",
         "torch_version": torch.__version__, "pythae_version": version("pythae"), "threads": torch.get_num_threads(),
         "examples": n, "batch_size": BATCH, "epochs": args.epochs, "rounds": args.rounds,
+        "dgmlab_precision": args.precision, "dgmlab_compile": args.compile,
         "loss_units_check": check,
     }
     medians = {}
