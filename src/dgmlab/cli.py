@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--method", choices=DENOISE_METHODS, default="epll",
                          help="epll (default: the bundled K = 200 patch prior), epll_adapted (that prior first "
                               "adapted to the image's own patches by EM; for images of about 100x100 pixels or "
-                              "more, it loses on smaller ones), dip (the deep image prior), bm3d, or "
+                              "more: on smaller ones it loses to epll), dip (the deep image prior), bm3d, or "
                               "a classical denoiser with its parameter tuned per noise level: nl_means, tv, "
                               "wavelet, wiener, gaussian")
     denoise.add_argument("--sigma", type=_positive_float, default=None, metavar="SIGMA",

@@ -10,8 +10,9 @@ of :mod:`dgmlab.data.images` (50 iterations from a k-means++ start; held-out log
 patch). ``benchmarks/patch_prior_gmm.py`` fits it again (the command is in the file's metadata and in
 ``benchmarks/results/patch_prior_gmm_300k_cpu_2026-12-04.json``). Until 2026-12-04 the package shipped the same
 mixture fitted to 50,000 patches (test log-likelihood 198.69, SHA-256 6d217338...): a result file whose prior
-is ``bundled: natural_8x8_k200.safetensors`` with no SHA-256 after it used that one. It is stored in float32 (3.3 MB) and read back in float64; EPLL with it and with the
-float64 original agree to 1e-6 dB. The file is checked against its SHA-256 before it is read.
+is ``bundled: natural_8x8_k200.safetensors`` with no SHA-256 after it used that one. It is stored in float32
+(3.3 MB) and read back in float64; EPLL with it and with the float64 original agree to 1e-6 dB. The file is
+checked against its SHA-256 before it is read.
 """
 
 from __future__ import annotations
