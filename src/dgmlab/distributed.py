@@ -115,6 +115,9 @@ def _timeout_seconds() -> float:
     return value
 
 
+_PEER_FAILED = False  # set once a collective of the current group has failed on a dead or hung peer
+
+
 @contextlib.contextmanager
 def session(device: str = "auto") -> Iterator[Group]:
     """Join the process group that torchrun described in the environment, and leave it at the end.
@@ -150,6 +153,8 @@ def session(device: str = "auto") -> Iterator[Group]:
         raise DistributedError(f"could not join the process group ({backend}, {world} processes at "
                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}): "
                                f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}") from error
+    global _PEER_FAILED
+    _PEER_FAILED = False  # a new group: no collective of it has failed yet
     try:
         yield current()
     except BaseException:
@@ -165,8 +170,6 @@ def session(device: str = "auto") -> Iterator[Group]:
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
 
-
-_PEER_FAILED = False  # set once a collective of this process has failed on a dead or hung peer
 
 
 def peer_failure(error: BaseException, where: str) -> DistributedError:

@@ -48,9 +48,8 @@ from dgmlab.models.protocols import reject_context
 from dgmlab.utils import check_int
 
 __all__ = ["AdaptHistory", "EMHistory", "GaussianMixture", "KMeansResult", "adapt_to_noisy", "em_fit", "em_step",
-           "kmeans", "kmeans_plus_plus",
-           "load_mixture", "mixture_from_assignments", "mixture_from_seeds", "most_likely_component", "save_mixture",
-           "wiener_gains"]
+           "kmeans", "kmeans_plus_plus", "load_mixture", "mixture_from_assignments", "mixture_from_seeds",
+           "most_likely_component", "save_mixture", "wiener_gains"]
 
 LOG_2PI = math.log(2 * math.pi)
 
