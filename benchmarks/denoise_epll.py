@@ -102,6 +102,7 @@ def main() -> None:
     rows, tuned, shown = [], {}, {}
     for sigma_255 in args.sigmas:
         sigma = sigma_255 / 255
+        betas = [b / sigma**2 for b in args.betas]  # EPLL's schedule at this noise, for both EPLL methods
         classical = {name: spec for name, spec in classical_denoisers(sigma).items() if name in args.methods}
         tune_noisy = add_noise(tune_clean, sigma, seed=args.seed + 1).numpy()
         key = f"{sigma_255:g}"
@@ -115,12 +116,12 @@ def main() -> None:
             for method in args.methods:
                 started = time.perf_counter()
                 if method == "epll":
-                    restored = epll(noisy, prior, sigma, betas=[b / sigma**2 for b in args.betas]).image
+                    restored = epll(noisy, prior, sigma, betas=betas).image
                 elif method == "epll_adapted":
                     restored = adapted_epll(noisy, prior, sigma, relevance=args.adapt_relevance,
                                             iterations=args.adapt_iterations,
                                             second_pass=args.adapt_second_pass or None,
-                                            betas=[b / sigma**2 for b in args.betas]).image
+                                            betas=betas).image
                 elif method == "bm3d":
                     import bm3d
 
